@@ -1,0 +1,75 @@
+"""`python -m digitrec <command> [options] [KEY=VALUE ...]`: the only place errors become exit codes.
+
+Settings are config keys or their short names (BS, ACCUM, EPOCHS, FOLDS, FOLD, SEED, DATA, NAME,
+LIMIT, MODEL), given as KEY=VALUE after the command; the Makefile passes its variables this way.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from .errors import UserError
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _config(args: argparse.Namespace):
+    from . import config
+
+    return config.load(args.config, args.overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from . import pipeline
+
+    result = pipeline.train(_config(args))
+    print(f"submission: {result.submission}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from . import pipeline
+
+    result = pipeline.predict(args.run, args.runs_dir, tta=args.tta)
+    print(f"submission: {result.submission}")
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
+    "train": (cmd_train, "train the config over stratified folds and write a submission"),
+    "predict": (cmd_predict, "rebuild a run's submission from its saved weights"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m digitrec", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
+        p.add_argument("--run", default=None, help="a run folder or name under runs/ (default: the newest)")
+        p.add_argument("--runs-dir", default="runs", help="where runs live (default: %(default)s)")
+        p.add_argument("--tta", default=None, action=argparse.BooleanOptionalAction,
+                       help="predict: test-time augmentation (default: as the run was trained)")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. BS=128 ACCUM=8")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS[args.command][0]
+    try:
+        handler(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("\ninterrupted: finished folds and the last finished epoch are saved; run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,212 @@
+"""One typed configuration: loaded from configs/*.yaml, overridden by key=value, validated once here.
+
+Every run saves the resolved config (config.yaml) beside its results, so a run can be reproduced and
+`make predict` can rebuild its models.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+# Short names a user types on the command line or through Make (BS=128 ACCUM=8), mapped to keys.
+ALIASES = {
+    "bs": "batch_size",
+    "epochs": "epochs",
+    "folds": "folds",
+    "fold": "fold",
+    "seed": "seed",
+    "data": "data",
+    "name": "name",
+    "limit": "limit",
+    "model": "model",
+}
+
+
+@dataclass
+class Config:
+    # --- run
+    name: str = "default"
+    seed: int = 42
+    data: str | None = None  # folder with the CSVs or a digit-recognizer.zip; None = search (data.py)
+    limit: int | None = None  # train on a stratified subset of this many rows (test is still predicted in full)
+    folds: int = 5
+    fold: int | None = None  # train this fold only
+    # --- model (models.py registry)
+    model: str = "gn_cnn"
+    width: int = 32  # channels of the first stage; later stages double it
+    groups: int = 8  # GroupNorm groups
+    dropout: float = 0.1
+    # --- optimisation
+    epochs: int = 15
+    batch_size: int = 128  # the micro-batch: what goes through the model at once
+    accum: int = 1  # micro-batches per optimizer step; the effective batch is batch_size * accum
+    optimizer: str = "adamw"  # any timm optimizer name
+    lr: float = 3e-3  # the LR at the reference batch lr_ref_batch
+    lr_ref_batch: int = 128
+    lr_scaling: str = "sqrt"  # how lr follows the effective batch: sqrt | linear | none
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    label_smoothing: float = 0.1
+    ema: bool = True
+    ema_decay: float = 0.999
+    # --- augmentation (augment.py), drawn per image, applied to the whole batch at once
+    rotate: float = 10.0  # degrees, +-
+    scale: float = 0.1  # fraction, +-
+    shift: float = 0.1  # fraction of the image side, +-
+    tta: bool = False  # average predictions with small shifted copies
+    # --- hardware
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where it does not pay)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    threads: int | None = None  # torch intra-op threads; None = torch's default
+    eval_batch_size: int = 1024
+    progress: bool = True  # tqdm bars
+    # --- where things go
+    runs_dir: str = "runs"
+    submissions_dir: str = "submissions"
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.accum
+
+    @property
+    def scaled_lr(self) -> float:
+        """The LR rule for a changed effective batch: lr is given at lr_ref_batch and follows
+        (effective / ref) ** 1/2 (sqrt, the default: right for Adam-type optimizers), ** 1 (linear,
+        Goyal et al. for SGD) or not at all."""
+        ratio = self.effective_batch / self.lr_ref_batch
+        power = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}[self.lr_scaling]
+        return self.lr * ratio**power
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+KEYS = [f.name for f in fields(Config)]
+_TYPES = typing.get_type_hints(Config)
+
+
+def _resolve_key(raw: str) -> str:
+    key = raw.strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in KEYS:
+        near = difflib.get_close_matches(key, KEYS + list(ALIASES), n=1)
+        hint = f" (did you mean '{ALIASES.get(near[0], near[0])}'?)" if near else ""
+        raise UserError(f"unknown setting '{raw}'{hint}")
+    return key
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check value against the field's type; strings from the command line are parsed as YAML."""
+    hint = _TYPES[key]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if isinstance(value, str) and str not in allowed:
+        value = yaml.safe_load(value) if value.strip() else None
+    if value is None and type(None) in allowed:
+        return None
+    for typ in allowed:
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if typ is not type(None) and isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+            return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise UserError(f"setting '{key}' in {source} must be {names}, got {value!r}")
+
+
+def validate(cfg: Config) -> Config:
+    from .models import MODEL_NAMES, is_known_model
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UserError(message)
+
+    need(cfg.batch_size >= 1, f"BS (batch_size) must be >= 1, got {cfg.batch_size}")
+    need(cfg.accum >= 1, f"ACCUM (accum) must be >= 1, got {cfg.accum}")
+    need(cfg.epochs >= 1, f"EPOCHS (epochs) must be >= 1, got {cfg.epochs}")
+    need(cfg.folds >= 2, f"FOLDS (folds) must be >= 2 for cross-validation, got {cfg.folds}")
+    need(cfg.fold is None or 0 <= cfg.fold < cfg.folds,
+         f"FOLD (fold) must be in 0..{cfg.folds - 1} for FOLDS={cfg.folds}, got {cfg.fold}")
+    need(cfg.limit is None or cfg.limit >= 10 * cfg.folds,
+         f"LIMIT (limit) must be at least 10 x FOLDS = {10 * cfg.folds} rows, got {cfg.limit}")
+    need(is_known_model(cfg.model), f"unknown model '{cfg.model}'; known: {', '.join(MODEL_NAMES)}, or timm:<name>")
+    need(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
+    need(cfg.lr_ref_batch >= 1, f"lr_ref_batch must be >= 1, got {cfg.lr_ref_batch}")
+    need(cfg.lr_scaling in ("sqrt", "linear", "none"), f"lr_scaling must be sqrt, linear or none, got '{cfg.lr_scaling}'")
+    need(0 <= cfg.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+    need(cfg.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
+    need(0 <= cfg.dropout < 1, f"dropout must be in [0, 1), got {cfg.dropout}")
+    need(0 <= cfg.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    need(0 < cfg.ema_decay < 1, f"ema_decay must be in (0, 1), got {cfg.ema_decay}")
+    need(cfg.width >= 1 and cfg.groups >= 1 and cfg.width % cfg.groups == 0,
+         f"width ({cfg.width}) must be a positive multiple of groups ({cfg.groups})")
+    need(cfg.rotate >= 0 and 0 <= cfg.scale < 1 and 0 <= cfg.shift < 1,
+         "augmentation needs rotate >= 0, 0 <= scale < 1, 0 <= shift < 1")
+    need(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
+    need(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
+    need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+         f"device must be auto, cpu or cuda[:N], got '{cfg.device}'")
+    need(bool(cfg.name) and "/" not in cfg.name and not cfg.name.startswith("."),
+         f"NAME (name) must be a plain folder name, got '{cfg.name}'")
+    return cfg
+
+
+def apply(values: dict[str, Any], cfg: Config, source: str) -> Config:
+    updates = {}
+    for raw, value in values.items():
+        key = _resolve_key(str(raw))
+        updates[key] = _coerce(key, value, source)
+    return dataclasses.replace(cfg, **updates)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"override '{item}' must look like key=value (e.g. BS=128)")
+        key, value = item.split("=", 1)
+        out[key] = value
+    return out
+
+
+def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """The config file (or the defaults), then the overrides, then validation."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: must be a mapping of key: value")
+        cfg = apply(data, cfg, str(path))
+    if overrides:
+        items = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        cfg = apply(items, cfg, "the command line")
+    return validate(cfg)
+
+
+def same_training(a: Config, b: Config) -> bool:
+    """Whether two configs train the same models (so a run of one may be resumed by the other).
+    Settings that only change how progress is shown or where outputs go do not count."""
+    ignore = {"progress", "runs_dir", "submissions_dir", "threads", "eval_batch_size", "tta"}
+    da, db = a.to_dict(), b.to_dict()
+    return all(da[k] == db[k] for k in KEYS if k not in ignore)
+
+

@@ -1,0 +1,279 @@
+"""Find the competition CSVs, parse them fast, validate them, cache them as uint8 arrays.
+
+Where data comes from, in order: DATA= (a folder or a zip); input/digit-recognizer/; a
+digit-recognizer.zip in input/ (unzipped beside it); /kaggle/input (in a Kaggle kernel); a download
+through the Kaggle API when credentials exist; otherwise the embedded demo set, loudly marked.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import fileio
+from .errors import UserError
+
+FILES = ("train.csv", "test.csv", "sample_submission.csv")
+PIXELS = [f"pixel{i}" for i in range(784)]
+TRAIN_HEADER = ["label", *PIXELS]
+TEST_HEADER = PIXELS
+SAMPLE_HEADER = ["ImageId", "Label"]
+INPUT_DIR = Path("input")
+COMPETITION_DIR = INPUT_DIR / "digit-recognizer"
+KAGGLE_INPUT = Path("/kaggle/input")
+DEMO_DIR = INPUT_DIR / "demo-digits"
+DEMO_MARKER = "DEMO_DATA_NOT_FOR_SUBMISSION"
+CACHE_VERSION = "1"
+
+
+@dataclass
+class Source:
+    """Where the three CSVs are: a folder, or a zip holding them (at its root or in one folder)."""
+
+    path: Path
+    demo: bool = False
+
+    def read(self, name: str) -> bytes:
+        if self.path.suffix == ".zip":
+            try:
+                with zipfile.ZipFile(self.path) as z:
+                    members = [m for m in z.namelist() if Path(m).name == name]
+                    if not members:
+                        raise UserError(f"{self.path}: zip has no member {name} (expected {', '.join(FILES)})")
+                    return z.read(members[0])
+            except zipfile.BadZipFile:
+                raise UserError(f"{self.path}: not a valid zip file") from None
+        file = self.path / name
+        if not file.is_file():
+            raise UserError(f"{file}: file not found (a data folder needs {', '.join(FILES)})")
+        return file.read_bytes()
+
+    def describe(self) -> str:
+        return f"{self.path}{' (DEMO: not the competition data)' if self.demo else ''}"
+
+
+@dataclass
+class Dataset:
+    train_images: np.ndarray  # (N, 28, 28) uint8
+    train_labels: np.ndarray  # (N,) int64
+    test_images: np.ndarray  # (M, 28, 28) uint8
+    source: str
+    demo: bool
+    content_hash: str  # of the three files, so a run records exactly which data it saw
+
+
+# ---------------------------------------------------------------- parsing and validation
+
+
+def _fail(file: str, message: str) -> UserError:
+    return UserError(f"{file}: {message}")
+
+
+def _check_header(raw: bytes, file: str, expected: list[str]) -> None:
+    if not raw.strip():
+        raise _fail(file, "empty file")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise _fail(file, "starts with a UTF-8 byte-order mark (saved by Excel?); save it as plain CSV without BOM")
+    first = raw.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+    header = [h.strip() for h in first.split(",")]
+    if header == expected:
+        return
+    if file.endswith("test.csv") and header and header[0] == "label":
+        raise _fail(file, "has a 'label' column; test rows carry no label (is this train.csv?)")
+    if len(header) != len(expected):
+        raise _fail(file, f"header has {len(header)} columns, expected {len(expected)} ({expected[0]}..{expected[-1]})")
+    col = next(i for i, (h, e) in enumerate(zip(header, expected)) if h != e)
+    raise _fail(file, f"header column {col + 1} is '{header[col]}', expected '{expected[col]}' (wrong or reordered header)")
+
+
+_INT = re.compile(r"-?\d+")
+
+
+def _diagnose(raw: bytes, file: str, header: list[str]) -> UserError:
+    """The fast parser refused the file; find the first bad line and cell to say exactly what is wrong."""
+    lines = raw.decode("utf-8", "replace").splitlines()
+    for number, line in enumerate(lines[1:], start=2):
+        cells = line.split(",")
+        if len(cells) != len(header):
+            last = number == len(lines) and not raw.endswith(b"\n")
+            hint = " (truncated last line?)" if last and len(cells) < len(header) else ""
+            return _fail(file, f"line {number} has {len(cells)} fields, expected {len(header)}{hint}")
+        for column, cell in zip(header, cells):
+            text = cell.strip()
+            if not _INT.fullmatch(text):
+                what = "is blank" if text in ("", "NaN", "nan", "NA") else f"'{text[:20]}' is not an integer"
+                return _fail(file, f"line {number}, column {column}: {what}")
+    return _fail(file, "could not be parsed as CSV")
+
+
+def parse_csv(raw: bytes, file: str, header: list[str]) -> np.ndarray:
+    """CSV bytes -> int array (rows, columns), checked for header, shape and integer cells.
+    Line numbers in messages count the header as line 1, as an editor shows them."""
+    _check_header(raw, file, header)
+    try:
+        frame = pd.read_csv(io.BytesIO(raw), dtype=np.int32, engine="c", skip_blank_lines=False)
+    except (ValueError, OverflowError, pd.errors.ParserError):
+        raise _diagnose(raw, file, header) from None
+    if len(frame) == 0:
+        raise _fail(file, "has a header but no data rows")
+    return frame.to_numpy()
+
+
+def _check_range(values: np.ndarray, file: str, header: list[str], low: int, high: int, first_col: int = 0) -> None:
+    block = values[:, first_col:] if first_col else values
+    bad = (block < low) | (block > high)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise _fail(file, f"line {row + 2}, column {header[col + first_col]}: {block[row, col]} is outside {low}..{high}")
+
+
+def parse_train(raw: bytes, file: str = "train.csv") -> tuple[np.ndarray, np.ndarray]:
+    values = parse_csv(raw, file, TRAIN_HEADER)
+    _check_range(values[:, :1], file, TRAIN_HEADER, 0, 9)
+    _check_range(values, file, TRAIN_HEADER, 0, 255, first_col=1)
+    return values[:, 1:].astype(np.uint8).reshape(-1, 28, 28), values[:, 0].astype(np.int64)
+
+
+def parse_test(raw: bytes, file: str = "test.csv") -> np.ndarray:
+    values = parse_csv(raw, file, TEST_HEADER)
+    _check_range(values, file, TEST_HEADER, 0, 255)
+    return values.astype(np.uint8).reshape(-1, 28, 28)
+
+
+def check_sample(raw: bytes, test_rows: int, file: str = "sample_submission.csv") -> None:
+    values = parse_csv(raw, file, SAMPLE_HEADER)
+    if len(values) != test_rows:
+        raise _fail(file, f"has {len(values)} rows but test.csv has {test_rows}")
+    if not np.array_equal(values[:, 0], np.arange(1, test_rows + 1)):
+        row = int(np.flatnonzero(values[:, 0] != np.arange(1, test_rows + 1))[0])
+        raise _fail(file, f"line {row + 2}: ImageId {values[row, 0]} should be {row + 1} (ImageId runs 1..{test_rows})")
+
+
+# ---------------------------------------------------------------- locating
+
+
+def _has_files(folder: Path) -> bool:
+    return all((folder / f).is_file() for f in FILES)
+
+
+def _unzip(archive: Path, dest: Path) -> None:
+    """Extract the three CSVs into dest via a temp folder, so a kill never leaves half a dataset."""
+    source = Source(archive)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        for name in FILES:
+            (tmp / name).write_bytes(source.read(name))
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def in_kaggle_kernel() -> bool:
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
+
+
+def locate(data: str | None) -> Source:
+    if data:
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise UserError(f"DATA={data}: no such folder or zip")
+        if path.is_dir() and not _has_files(path) and _has_files(path / "digit-recognizer"):
+            path = path / "digit-recognizer"
+        return Source(path, demo=(path / DEMO_MARKER).exists())
+    if _has_files(COMPETITION_DIR):
+        return Source(COMPETITION_DIR)
+    archive = INPUT_DIR / "digit-recognizer.zip"
+    if archive.is_file():
+        _unzip(archive, COMPETITION_DIR)
+        return Source(COMPETITION_DIR)
+    if KAGGLE_INPUT.is_dir():
+        found = sorted(KAGGLE_INPUT.rglob("train.csv"))
+        for train in found:
+            if _has_files(train.parent):
+                return Source(train.parent)
+    from . import kaggle_api  # imported here: only this branch talks to Kaggle
+
+    if kaggle_api.has_credentials():
+        kaggle_api.download_data(INPUT_DIR)
+        return Source(COMPETITION_DIR)
+    return Source(write_demo(DEMO_DIR), demo=True)
+
+
+# ---------------------------------------------------------------- demo set
+
+
+def write_demo(folder: Path) -> Path:
+    """scikit-learn's bundled 8x8 handwritten digits, rendered MNIST-style (20x20 box centred in 28x28)
+    into the competition's exact CSV format. Marked so that it is never submitted."""
+    if _has_files(folder) and (folder / DEMO_MARKER).exists():
+        return folder
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    small = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    box = F.interpolate(small, size=(20, 20), mode="bilinear", align_corners=False)
+    images = (F.pad(box, (4, 4, 4, 4)).clamp(0, 1) * 255).round().to(torch.uint8).reshape(len(small), 784).numpy()
+    x_train, x_test, y_train, _ = train_test_split(images, digits.target, test_size=0.25, stratify=digits.target, random_state=0)
+    train = pd.DataFrame(x_train, columns=PIXELS)
+    train.insert(0, "label", y_train)
+    fileio.write_text(folder / "train.csv", train.to_csv(index=False))
+    fileio.write_text(folder / "test.csv", pd.DataFrame(x_test, columns=PIXELS).to_csv(index=False))
+    sample = pd.DataFrame({"ImageId": np.arange(1, len(x_test) + 1), "Label": 0})
+    fileio.write_text(folder / "sample_submission.csv", sample.to_csv(index=False))
+    fileio.write_text(folder / DEMO_MARKER, "scikit-learn digits rendered to 28x28; not the competition data\n")
+    return folder
+
+
+def demo_notice() -> str:
+    bar = "!" * 78
+    return (f"{bar}\n!! No competition data found: training on the EMBEDDED DEMO SET (scikit-learn digits).\n"
+            f"!! This is NOT the competition data; its submission is marked and will not be uploaded.\n"
+            f"!! Get the real data: `make download`, or put digit-recognizer.zip in input/, or DATA=<path>.\n{bar}")
+
+
+# ---------------------------------------------------------------- loading with a cache
+
+
+def cache_dir() -> Path:
+    return INPUT_DIR / ".cache"
+
+
+def load(source: Source) -> Dataset:
+    """Parse and validate the three files, or load them from the cache keyed by their content."""
+    raws = {name: source.read(name) for name in FILES}
+    digest = hashlib.sha1(CACHE_VERSION.encode())
+    for name in FILES:
+        digest.update(hashlib.sha1(raws[name]).digest())
+    key = digest.hexdigest()
+    cached = cache_dir() / f"{key}.npz"
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as z:
+            return Dataset(z["train_images"], z["train_labels"], z["test_images"], source.describe(), source.demo, key)
+    where = lambda name: str(source.path / name) if source.path.is_dir() else f"{source.path}:{name}"  # noqa: E731
+    train_images, train_labels = parse_train(raws["train.csv"], where("train.csv"))
+    test_images = parse_test(raws["test.csv"], where("test.csv"))
+    check_sample(raws["sample_submission.csv"], len(test_images), where("sample_submission.csv"))
+    fileio.write_npz(cached, train_images=train_images, train_labels=train_labels, test_images=test_images)
+    return Dataset(train_images, train_labels, test_images, source.describe(), source.demo, key)
+
+
+def load_data(data: str | None, announce=print) -> Dataset:
+    source = locate(data)
+    if source.demo:
+        print(demo_notice(), file=sys.stderr)
+    dataset = load(source)
+    announce(f"data: {dataset.source}: {len(dataset.train_labels)} train rows, {len(dataset.test_images)} test rows")
+    return dataset

@@ -1,0 +1,227 @@
+"""Training and prediction for one fold: the only training loop in the project.
+
+The whole training set lives on the device as one uint8 tensor; a batch is an index tensor into it,
+turned to float and augmented on the device in one call. The optimizer steps once per window of
+`accum` micro-batches, and each micro-batch's summed loss is divided by the number of images in its
+window, so one step equals one step on the whole window as a single batch - also for the short
+window at the end of an epoch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import fileio
+from .augment import random_affine, tta_shifts
+from .config import Config
+from .errors import TrainingDiverged, UserError
+from .models import model_from_config
+
+Log = Callable[[str], None]
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name}: CUDA is not available on this machine (use device=cpu or auto)")
+    return torch.device(name)
+
+
+def to_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1], in the layout the model runs fastest in."""
+    x = images.unsqueeze(1).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def autocast(device: torch.device, enabled: bool):
+    # bf16 pays on CUDA tensor cores; on this class of CPU it measured no faster for small convs
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device,
+                  tta: bool = False) -> np.ndarray:
+    """Softmax probabilities (N, 10) as float32 numpy, in batches of eval_batch_size."""
+    model.eval()
+    out = []
+    for batch in images.split(cfg.eval_batch_size):
+        x = to_input(batch.to(device, non_blocking=True), cfg.channels_last)
+        views = tta_shifts(x) if tta else [x]
+        with autocast(device, cfg.amp):
+            probs = sum(F.softmax(model(v).float(), dim=1) for v in views) / len(views)
+        out.append(probs.cpu())
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+@dataclass
+class FoldData:
+    """Tensors already on the device: all training images and labels, this fold's index split, test."""
+
+    images: torch.Tensor  # (N, 28, 28) uint8
+    labels: torch.Tensor  # (N,) int64
+    train_idx: torch.Tensor  # (n_train,) int64, on the CPU (the permutation is drawn there)
+    val_idx: torch.Tensor
+    test_images: torch.Tensor
+
+
+@dataclass
+class FoldOutput:
+    val_probs: np.ndarray
+    test_probs: np.ndarray
+    history: list[dict]
+
+
+class Schedule:
+    """How many optimizer steps an epoch has: windows of accum micro-batches, the last one possibly short."""
+
+    def __init__(self, n_train: int, cfg: Config):
+        self.window = cfg.batch_size * cfg.accum
+        self.steps_per_epoch = math.ceil(n_train / self.window)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        # a short run (EPOCHS=1) keeps at least half of its steps out of warm-up
+        self.warmup_steps = min(round(cfg.warmup_epochs * self.steps_per_epoch), self.total_steps // 2)
+
+
+def make_optimizer(model: nn.Module, cfg: Config, schedule: Schedule):
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
+    lr = cfg.scaled_lr
+    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay)
+    # the schedule counts optimizer steps (t_in_epochs=False), so it is the same whatever BS x ACCUM is
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=max(1, schedule.total_steps - schedule.warmup_steps), lr_min=lr * cfg.min_lr_ratio,
+        warmup_t=schedule.warmup_steps, warmup_lr_init=lr * 0.01, warmup_prefix=True, t_in_epochs=False)
+    return optimizer, scheduler
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: torch.Tensor, data: FoldData,
+               cfg: Config, device: torch.device, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over `window` (indices of up to batch_size x accum images), as micro-batches.
+    Returns the summed loss and the number of correct predictions, as device tensors (no sync)."""
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for micro in window.split(cfg.batch_size):
+        micro = micro.to(device, non_blocking=True)
+        x = to_input(data.images[micro], cfg.channels_last)
+        if augment:
+            x = random_affine(x, cfg.rotate, cfg.scale, cfg.shift)
+        y = data.labels[micro]
+        with autocast(device, cfg.amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="sum")
+        (loss / len(window)).backward()  # the accumulation scaling: one over the window's real size
+        loss_sum += loss.detach()
+        correct += (logits.argmax(1) == y).sum()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, correct
+
+
+def _evaluate(model: nn.Module, data: FoldData, cfg: Config, device: torch.device) -> tuple[float, float]:
+    probs = torch.from_numpy(predict_proba(model, data.images[data.val_idx.to(data.images.device)], cfg, device))
+    labels = data.labels[data.val_idx.to(data.labels.device)].cpu()
+    loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
+    return loss, (probs.argmax(1) == labels).float().mean().item()
+
+
+def _rng_state(order: torch.Generator, device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "order": order.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, order: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    order.set_state(state["order"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train_fold(cfg: Config, data: FoldData, fold: int, fold_dir: Path, device: torch.device,
+               log: Log = print) -> FoldOutput:
+    """Train one fold (resuming from fold_dir/resume.pt when it exists) and predict its val and test rows.
+
+    Writes fold_dir/resume.pt after every epoch (everything needed to continue exactly: model,
+    optimizer, scheduler, EMA, RNG states, history) and fold_dir/weights.pt at the end. Windows never
+    straddle an epoch, so at an epoch boundary the accumulation position is always zero.
+    """
+    from timm.utils import ModelEmaV3
+
+    torch.manual_seed(cfg.seed * 1000 + fold)
+    order = torch.Generator().manual_seed(cfg.seed * 1000 + fold)
+    model = model_from_config(cfg).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    schedule = Schedule(len(data.train_idx), cfg)
+    optimizer, scheduler = make_optimizer(model, cfg, schedule)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+    forward = torch.compile(model) if cfg.compile else model
+
+    resume_path = fold_dir / "resume.pt"
+    start_epoch, step, history = 0, 0, []
+    if resume_path.exists():
+        state = fileio.read_torch(resume_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        _set_rng_state(state["rng"], order, device)
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        log(f"fold {fold}: resuming after epoch {start_epoch}/{cfg.epochs}")
+
+    n_train = len(data.train_idx)
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        model.train()
+        perm = data.train_idx[torch.randperm(n_train, generator=order)]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        bar = tqdm(perm.split(schedule.window), desc=f"fold {fold} epoch {epoch + 1}/{cfg.epochs}",
+                   leave=False, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+        for window in bar:
+            window_loss, window_correct = train_step(forward, optimizer, window, data, cfg, device)
+            step += 1
+            scheduler.step_update(num_updates=step)
+            if ema is not None:
+                ema.update(model, step=step)
+            loss_sum += window_loss
+            correct += window_correct
+        train_loss = loss_sum.item() / n_train
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                f"fold {fold} epoch {epoch + 1}: the training loss became {train_loss}; lower lr "
+                f"(now {cfg.scaled_lr:.3g}) or raise the effective batch BS x ACCUM ({cfg.effective_batch})")
+        val_loss, val_acc = _evaluate(ema.module if ema is not None else model, data, cfg, device)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct.item() / n_train,
+                  "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": time.perf_counter() - started}
+        history.append(record)
+        log(f"fold {fold} epoch {epoch + 1:>2}/{cfg.epochs}  train loss {train_loss:.4f} acc {record['train_acc']:.2%}"
+            f"  val loss {val_loss:.4f} acc {val_acc:.2%}  lr {record['lr']:.2e}  {record['seconds']:.1f}s")
+        fileio.write_torch(resume_path, {
+            "epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+            "rng": _rng_state(order, device), "history": history})
+
+    final = ema.module if ema is not None else model
+    fileio.write_torch(fold_dir / "weights.pt", final.state_dict())
+    val_probs = predict_proba(final, data.images[data.val_idx.to(data.images.device)], cfg, device, cfg.tta)
+    test_probs = predict_proba(final, data.test_images, cfg, device, cfg.tta)
+    return FoldOutput(val_probs, test_probs, history)
+

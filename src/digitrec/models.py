@@ -1,0 +1,101 @@
+"""The model registry: the default GroupNorm CNN, the two MLPs of the batch-size write-up, timm models.
+
+Every model takes (B, 1, 28, 28) float images in [0, 1] and returns (B, 10) logits.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+class GroupNormCNN(nn.Sequential):
+    """A Deotte-style digit CNN with GroupNorm after every convolution (no BatchNorm, so the result does
+    not depend on the micro-batch: accumulating 8 x 128 is then the same as one batch of 1024).
+
+    Two stages of conv3x3 -> conv3x3 -> conv5x5/2 (28 -> 14 -> 7), channels width and 2 x width,
+    then conv3x3 at 4 x width, global average pooling and a linear classifier.
+    """
+
+    def __init__(self, width: int = 16, groups: int = 8, dropout: float = 0.1, num_classes: int = 10):
+        from timm.layers import ConvNormAct
+
+        def block(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Module:
+            return ConvNormAct(c_in, c_out, kernel, stride, padding=kernel // 2, norm_layer="groupnorm",
+                               norm_kwargs={"num_groups": groups})
+
+        w1, w2, w3 = width, 2 * width, 4 * width
+        super().__init__(
+            block(1, w1, 3), block(w1, w1, 3), block(w1, w1, 5, stride=2), nn.Dropout(dropout),
+            block(w1, w2, 3), block(w2, w2, 3), block(w2, w2, 5, stride=2), nn.Dropout(dropout),
+            block(w2, w3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+            nn.Linear(w3, num_classes),
+        )
+
+
+class MLP(nn.Sequential):
+    """The batch-size write-up's MLPs: 784-1024-10 (hidden=(1024,)) and 784-1024-1024-10."""
+
+    def __init__(self, hidden: tuple[int, ...], num_classes: int = 10):
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = 784
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
+            width = size
+        super().__init__(*layers, nn.Linear(width, num_classes))
+
+
+def _timm_model(name: str, groups: int, dropout: float) -> nn.Module:
+    import timm
+    from timm.layers import GroupNorm
+
+    def group_norm(channels: int, **_: object) -> nn.Module:
+        # timm models call norm_layer(channels); GroupNorm needs groups that divide the channels
+        return GroupNorm(channels, num_groups=groups if channels % groups == 0 else 1)
+
+    try:
+        return timm.create_model(name, pretrained=False, in_chans=1, num_classes=10, drop_rate=dropout,
+                                 norm_layer=group_norm)
+    except RuntimeError as e:  # timm's "Unknown model"
+        raise UserError(f"unknown timm model '{name}' ({e})") from None
+    except TypeError:
+        raise UserError(f"timm model '{name}' does not accept a norm_layer; pick a CNN such as resnet18") from None
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "gn_cnn": lambda width, groups, dropout: GroupNormCNN(width, groups, dropout),
+    "mlp1": lambda width, groups, dropout: MLP((1024,)),
+    "mlp2": lambda width, groups, dropout: MLP((1024, 1024)),
+}
+MODEL_NAMES = list(REGISTRY)
+
+
+def is_known_model(name: str) -> bool:
+    return name in REGISTRY or (name.startswith("timm:") and len(name) > 5)
+
+
+def build_model(name: str, width: int = 16, groups: int = 8, dropout: float = 0.1) -> nn.Module:
+    if name.startswith("timm:"):
+        return _timm_model(name[5:], groups, dropout)
+    if name not in REGISTRY:
+        raise UserError(f"unknown model '{name}'; known: {', '.join(MODEL_NAMES)}, or timm:<name>")
+    return REGISTRY[name](width, groups, dropout)
+
+
+def model_from_config(cfg) -> nn.Module:
+    return build_model(cfg.model, cfg.width, cfg.groups, cfg.dropout)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+
+def load_weights(model: nn.Module, path) -> nn.Module:
+    from .fileio import read_torch
+
+    model.load_state_dict(read_torch(path))
+    return model

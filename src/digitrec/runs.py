@@ -1,0 +1,83 @@
+"""Run folders: one per run under runs/, named <name>-<timestamp>, never written over by another run.
+
+A run folder holds:
+  config.yaml          the resolved config
+  data.json            where the data came from, its content hash, whether it is the demo set
+  folds.npz            rows (indices into train.csv) and fold_of (the fold each row is held out in)
+  fold<k>/             resume.pt while training; then weights.pt, val_probs.npy, test_probs.npy,
+                       history.json and done.json (written last: the fold is finished)
+  oof_probs.npy        out-of-fold probabilities for the rows (NaN where the fold was not trained)
+  test_probs.npy       (folds, test rows, 10)
+  metrics.json         CV metrics; written when the run is complete
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from . import config as config_mod
+from .config import Config
+from .errors import UserError
+
+
+def kaggle_working() -> Path | None:
+    """In a Kaggle kernel everything is written under /kaggle/working (the rest is read-only)."""
+    return Path("/kaggle/working") if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") else None
+
+
+def runs_root(cfg: Config) -> Path:
+    return Path(cfg.runs_dir)
+
+
+def new_run_dir(cfg: Config) -> Path:
+    root = runs_root(cfg)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run = root / f"{cfg.name}-{stamp}"
+    suffix = 1
+    while run.exists():
+        suffix += 1
+        run = root / f"{cfg.name}-{stamp}-{suffix}"
+    run.mkdir(parents=True)
+    return run
+
+
+def is_complete(run: Path) -> bool:
+    return (run / "metrics.json").is_file()
+
+
+def list_runs(root: Path) -> list[Path]:
+    """Run folders, oldest first (by the time their config was written)."""
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if (p / "config.yaml").is_file()]
+    return sorted(runs, key=lambda p: ((p / "config.yaml").stat().st_mtime_ns, p.name))
+
+
+def find_resumable(cfg: Config) -> Path | None:
+    """The newest unfinished run of the same name that trains the same models: rerunning the same
+    command after a crash or Ctrl-C continues it instead of starting over."""
+    for run in reversed(list_runs(runs_root(cfg))):
+        if not run.name.startswith(f"{cfg.name}-") or is_complete(run):
+            continue
+        try:
+            saved = config_mod.load(run / "config.yaml")
+        except UserError:
+            continue
+        if config_mod.same_training(saved, cfg):
+            return run
+    return None
+
+
+def resolve_run(run: str | None, runs_dir: str = "runs") -> Path:
+    """RUN=<name or path>; the newest run when not given."""
+    root = Path(runs_dir)
+    if run:
+        for candidate in (Path(run), root / run):
+            if (candidate / "config.yaml").is_file():
+                return candidate
+        raise UserError(f"RUN={run}: no run folder with a config.yaml (runs are under {root}/)")
+    runs = list_runs(root)
+    if not runs:
+        raise UserError(f"no runs under {root}/ yet: run `make train` first")
+    return runs[-1]
