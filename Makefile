@@ -1,16 +1,18 @@
 # digitrec: `make train`, `make test`. Every target sets up the virtual environment on first use;
 # inside an existing environment (a Kaggle kernel) use PYTHON=python and no venv is made.
 SHELL := /bin/bash
-VENV ?= .venv
+# the checkout this Makefile lives in, so `make -f path/to/Makefile` works from any folder
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+VENV ?= $(ROOT)/.venv
 ifeq ($(origin PYTHON),undefined)
 PYTHON := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 else
 SETUP :=
 endif
-export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
+export PYTHONPATH := $(ROOT)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-CONFIG ?= configs/default.yaml
+CONFIG ?= $(ROOT)/configs/default.yaml
 # Make variables that become settings (empty ones are left to the config file)
 SETTINGS := $(strip \
   $(if $(BS),BS=$(BS)) $(if $(ACCUM),accum=$(ACCUM)) $(if $(EPOCHS),epochs=$(EPOCHS)) \
@@ -20,7 +22,7 @@ SETTINGS := $(strip \
 RUN_ARG := $(if $(RUN),--run $(RUN))
 CLI := $(PYTHON) -m digitrec
 
-.PHONY: help setup train predict test clean
+.PHONY: help setup train predict evaluate sweep bench test download submit scores kernel kernel-push kernel-output clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -28,7 +30,7 @@ help:  ## list the targets
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -e '$(ROOT)[dev]'
 	touch $@
 
 setup: $(SETUP)  ## create the virtual environment (done by every target on first use)
@@ -39,8 +41,38 @@ train: $(SETUP)  ## train CONFIG over FOLDS stratified folds and write a submiss
 predict: $(SETUP)  ## rebuild a run's submission from its saved weights (RUN=, default newest; TTA=1)
 	$(CLI) predict $(RUN_ARG) $(if $(TTA),--tta)
 
+evaluate: $(SETUP)  ## cost and accuracy of a run: evaluation.json, table, confusion and mistakes PNGs (RUN=)
+	$(CLI) evaluate $(RUN_ARG) $(ARGS)
+
+sweep: $(SETUP)  ## a study: STUDY=batch MODEL= BATCH_SIZES="..." | STUDY=accum BS= ACCUMS="..." (EPOCHS= LIMIT= FOLDS= OUT=)
+	$(CLI) sweep $(strip $(if $(STUDY),study=$(STUDY)) $(if $(MODEL),model=$(MODEL)) \
+	  $(if $(BATCH_SIZES),batch_sizes="$(BATCH_SIZES)") $(if $(ACCUMS),accums="$(ACCUMS)") $(if $(BS),bs=$(BS)) \
+	  $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(LIMIT),limit=$(LIMIT)) $(if $(FOLDS),folds=$(FOLDS)) \
+	  $(if $(DATA),data=$(DATA)) $(if $(OUT),out=$(OUT)) $(ARGS))
+
+bench: $(SETUP)  ## throughput vs the conventional per-sample path and the machine's FLOP limit; JSON last line
+	$(CLI) bench $(ARGS)
+
+download: $(SETUP)  ## kaggle competitions download -c digit-recognizer into input/, unzip, verify
+	$(CLI) download
+
+submit: $(SETUP)  ## upload a submission (SUB=, default newest; MSG=; DRY_RUN=1 shows what would be sent)
+	$(CLI) submit $(strip $(if $(SUB),sub=$(SUB)) $(if $(MSG),msg="$(MSG)") $(if $(DRY_RUN),dry_run=$(DRY_RUN)))
+
+scores: $(SETUP)  ## this account's submissions and public scores, beside the local ledger
+	$(CLI) scores
+
+kernel: $(SETUP)  ## build kernel/: metadata + one script carrying the package (GPU on, internet off)
+	$(CLI) kernel $(ARGS)
+
+kernel-push: $(SETUP)  ## push kernel/ with kaggle kernels push
+	$(CLI) kernel-push
+
+kernel-output: $(SETUP)  ## fetch the kernel's output (its submission.csv) into kernel/output/
+	$(CLI) kernel-output
+
 test: $(SETUP)  ## run the test suite
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q $(ROOT)/tests
 
 clean:  ## remove the virtual environment and caches (runs/ and submissions/ are kept)
 	rm -rf $(VENV) input/.cache .pytest_cache

@@ -6,8 +6,8 @@ LIMIT, MODEL), given as KEY=VALUE after the command; the Makefile passes its var
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Callable
 
 from .errors import UserError
 
@@ -34,9 +34,20 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"submission: {result.submission}")
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
-    "train": (cmd_train, "train the config over stratified folds and write a submission"),
-    "predict": (cmd_predict, "rebuild a run's submission from its saved weights"),
+# name -> (module, function, help). Each function takes the parsed args; modules are imported only
+# when their command runs, so `import kaggle` (which authenticates) never happens for `train`.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("cli", "cmd_train", "train the config over stratified folds and write a submission"),
+    "predict": ("cli", "cmd_predict", "rebuild a run's submission from its saved weights"),
+    "evaluate": ("evaluation", "command", "accuracy, per-class errors and model cost of a run"),
+    "sweep": ("studies", "command", "batch-size and accumulation studies (STUDY=batch|accum)"),
+    "bench": ("bench", "command", "training/inference/data throughput against the conventional path"),
+    "download": ("kaggle_api", "cmd_download", "download the competition data into input/"),
+    "submit": ("kaggle_api", "cmd_submit", "validate and upload a submission (DRY_RUN=1 to only show)"),
+    "scores": ("kaggle_api", "cmd_scores", "list this account's submissions and scores"),
+    "kernel": ("kernel", "cmd_build", "build kernel/: a Kaggle kernel that runs this pipeline"),
+    "kernel-push": ("kaggle_api", "cmd_kernel_push", "push kernel/ to Kaggle"),
+    "kernel-output": ("kaggle_api", "cmd_kernel_output", "fetch the kernel's output (its submission)"),
 }
 
 
@@ -44,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m digitrec", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (_, _, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
@@ -52,13 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--runs-dir", default="runs", help="where runs live (default: %(default)s)")
         p.add_argument("--tta", default=None, action=argparse.BooleanOptionalAction,
                        help="predict: test-time augmentation (default: as the run was trained)")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. BS=128 ACCUM=8")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. BS=128 ACCUM=8 (train) or STUDY=batch (sweep)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = COMMANDS[args.command][0]
+    module, function, _ = COMMANDS[args.command]
+    handler = getattr(importlib.import_module(f"digitrec.{module}"), function)
     try:
         handler(args)
     except UserError as e:

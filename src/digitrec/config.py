@@ -46,7 +46,7 @@ class Config:
     groups: int = 8  # GroupNorm groups
     dropout: float = 0.1
     # --- optimisation
-    epochs: int = 15
+    epochs: int = 18
     batch_size: int = 128  # the micro-batch: what goes through the model at once
     accum: int = 1  # micro-batches per optimizer step; the effective batch is batch_size * accum
     optimizer: str = "adamw"  # any timm optimizer name

@@ -13,26 +13,27 @@ from .errors import UserError
 
 
 class GroupNormCNN(nn.Sequential):
-    """A Deotte-style digit CNN with GroupNorm after every convolution (no BatchNorm, so the result does
-    not depend on the micro-batch: accumulating 8 x 128 is then the same as one batch of 1024).
+    """Chris Deotte's digit CNN (the layout behind the 99.75% ensembles) with GroupNorm after every
+    convolution instead of BatchNorm, so the result does not depend on the micro-batch: accumulating
+    8 x 128 is then the same as one batch of 1024.
 
-    Two stages of conv3x3 -> conv3x3 -> conv5x5/2 (28 -> 14 -> 7), channels width and 2 x width,
-    then conv3x3 at 4 x width, global average pooling and a linear classifier.
+    28 -> conv3 -> conv3 -> conv5/2 -> 12 -> conv3 -> conv3 -> conv5/2 -> 4 -> conv4 -> 1, with channels
+    width, 2 x width and 4 x width; the 3x3 convolutions are unpadded, which halves the FLOPs of a
+    padded layout at the same accuracy.
     """
 
-    def __init__(self, width: int = 16, groups: int = 8, dropout: float = 0.1, num_classes: int = 10):
+    def __init__(self, width: int = 32, groups: int = 8, dropout: float = 0.1, num_classes: int = 10):
         from timm.layers import ConvNormAct
 
-        def block(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Module:
-            return ConvNormAct(c_in, c_out, kernel, stride, padding=kernel // 2, norm_layer="groupnorm",
+        def block(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Module:
+            return ConvNormAct(c_in, c_out, kernel, stride, padding=padding, norm_layer="groupnorm",
                                norm_kwargs={"num_groups": groups})
 
         w1, w2, w3 = width, 2 * width, 4 * width
         super().__init__(
-            block(1, w1, 3), block(w1, w1, 3), block(w1, w1, 5, stride=2), nn.Dropout(dropout),
-            block(w1, w2, 3), block(w2, w2, 3), block(w2, w2, 5, stride=2), nn.Dropout(dropout),
-            block(w2, w3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-            nn.Linear(w3, num_classes),
+            block(1, w1, 3), block(w1, w1, 3), block(w1, w1, 5, stride=2, padding=2), nn.Dropout(dropout),
+            block(w1, w2, 3), block(w2, w2, 3), block(w2, w2, 5, stride=2, padding=2), nn.Dropout(dropout),
+            block(w2, w3, 4), nn.Flatten(), nn.Dropout(dropout), nn.Linear(w3, num_classes),
         )
 
 
@@ -77,7 +78,7 @@ def is_known_model(name: str) -> bool:
     return name in REGISTRY or (name.startswith("timm:") and len(name) > 5)
 
 
-def build_model(name: str, width: int = 16, groups: int = 8, dropout: float = 0.1) -> nn.Module:
+def build_model(name: str, width: int = 32, groups: int = 8, dropout: float = 0.1) -> nn.Module:
     if name.startswith("timm:"):
         return _timm_model(name[5:], groups, dropout)
     if name not in REGISTRY:

@@ -1,0 +1,66 @@
+"""Shared fixtures. Tests make their own small data; those that need the real archive skip without it.
+
+Every CLI run happens in a temp working directory, so input/, runs/ and submissions/ of the checkout
+are never touched, and with KAGGLE_CONFIG_DIR in a temp dir so no real credentials are ever read.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+REAL_ZIP = ROOT.parent / "shared" / "data" / "digit-recognizer.zip"
+
+
+def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess: our package importable, no Kaggle credentials, one thread
+    per process would be too slow, so torch keeps its default."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    config_dir = tmp / "kaggle-config"
+    config_dir.mkdir(exist_ok=True)
+    env.update(PYTHONPATH=str(SRC), KAGGLE_CONFIG_DIR=str(config_dir), PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    """`python -m digitrec ARGS` in cwd; returns the completed process (check .returncode yourself)."""
+    return subprocess.run([sys.executable, "-m", "digitrec", *args], cwd=cwd, env=clean_env(cwd, **env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_kaggle_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("KAGGLE_")]:
+        monkeypatch.delenv(key)
+    config_dir = tmp_path / "kaggle-config"
+    config_dir.mkdir(exist_ok=True)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the embedded demo set's three CSVs (scikit-learn digits in the competition format)."""
+    from digitrec.data import write_demo
+
+    return write_demo(tmp_path_factory.mktemp("demo") / "demo-digits")
+
+
+@pytest.fixture(scope="session")
+def real_zip() -> Path:
+    if not REAL_ZIP.is_file():
+        pytest.skip(f"the real archive is absent ({REAL_ZIP})")
+    return REAL_ZIP
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty project working directory (the CLI writes input/, runs/, submissions/ here)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
