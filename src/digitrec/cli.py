@@ -70,9 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module, function, _ = COMMANDS[args.command]
-    handler = getattr(importlib.import_module(f"digitrec.{module}"), function)
     try:
-        handler(args)
+        getattr(importlib.import_module(f"digitrec.{module}"), function)(args)
     except UserError as e:
         if args.debug:
             raise

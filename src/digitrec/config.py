@@ -115,7 +115,15 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     hint = _TYPES[key]
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if isinstance(value, str) and str not in allowed:
-        value = yaml.safe_load(value) if value.strip() else None
+        try:
+            value = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"setting '{key}' in {source}: cannot read the value {value!r}") from None
+    if isinstance(value, str) and float in allowed:  # YAML 1.1 reads 1e-3 as a string; people type it
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if value is None and type(None) in allowed:
         return None
     for typ in allowed:
@@ -136,6 +144,7 @@ def validate(cfg: Config) -> Config:
 
     need(cfg.batch_size >= 1, f"BS (batch_size) must be >= 1, got {cfg.batch_size}")
     need(cfg.accum >= 1, f"ACCUM (accum) must be >= 1, got {cfg.accum}")
+    need(0 <= cfg.seed < 2**32, f"SEED (seed) must be in 0..2**32-1, got {cfg.seed}")
     need(cfg.epochs >= 1, f"EPOCHS (epochs) must be >= 1, got {cfg.epochs}")
     need(cfg.folds >= 2, f"FOLDS (folds) must be >= 2 for cross-validation, got {cfg.folds}")
     need(cfg.fold is None or 0 <= cfg.fold < cfg.folds,

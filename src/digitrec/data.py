@@ -30,7 +30,7 @@ TEST_HEADER = PIXELS
 SAMPLE_HEADER = ["ImageId", "Label"]
 INPUT_DIR = Path("input")
 COMPETITION_DIR = INPUT_DIR / "digit-recognizer"
-KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_INPUT = Path(os.environ.get("DIGITREC_KAGGLE_INPUT", "/kaggle/input"))  # remapped by the kernel test
 DEMO_DIR = INPUT_DIR / "demo-digits"
 DEMO_MARKER = "DEMO_DATA_NOT_FOR_SUBMISSION"
 CACHE_VERSION = "1"
@@ -56,7 +56,10 @@ class Source:
         file = self.path / name
         if not file.is_file():
             raise UserError(f"{file}: file not found (a data folder needs {', '.join(FILES)})")
-        return file.read_bytes()
+        try:
+            return file.read_bytes()
+        except OSError as e:
+            raise UserError(f"{file}: cannot be read ({e.strerror or e})") from None
 
     def describe(self) -> str:
         return f"{self.path}{' (DEMO: not the competition data)' if self.demo else ''}"
@@ -96,13 +99,16 @@ def _check_header(raw: bytes, file: str, expected: list[str]) -> None:
     raise _fail(file, f"header column {col + 1} is '{header[col]}', expected '{expected[col]}' (wrong or reordered header)")
 
 
-_INT = re.compile(r"-?\d+")
+_INT = re.compile(r"[-+]?\d+")
+_INT32 = 2**31 - 1
 
 
 def _diagnose(raw: bytes, file: str, header: list[str]) -> UserError:
     """The fast parser refused the file; find the first bad line and cell to say exactly what is wrong."""
     lines = raw.decode("utf-8", "replace").splitlines()
     for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            return _fail(file, f"line {number} is blank (delete it)")
         cells = line.split(",")
         if len(cells) != len(header):
             last = number == len(lines) and not raw.endswith(b"\n")
@@ -113,6 +119,8 @@ def _diagnose(raw: bytes, file: str, header: list[str]) -> UserError:
             if not _INT.fullmatch(text):
                 what = "is blank" if text in ("", "NaN", "nan", "NA") else f"'{text[:20]}' is not an integer"
                 return _fail(file, f"line {number}, column {column}: {what}")
+            if abs(int(text)) > _INT32:
+                return _fail(file, f"line {number}, column {column}: {text[:20]} is far outside the valid range")
     return _fail(file, "could not be parsed as CSV")
 
 
@@ -120,8 +128,14 @@ def parse_csv(raw: bytes, file: str, header: list[str]) -> np.ndarray:
     """CSV bytes -> int array (rows, columns), checked for header, shape and integer cells.
     Line numbers in messages count the header as line 1, as an editor shows them."""
     _check_header(raw, file, header)
+    # blank lines at the very end are harmless (an editor's extra newline); anywhere else they are an error
+    body = raw.rstrip(b"\r\n\t ") + b"\n"
+    # pandas would quietly turn 12.0 or 1e2 into an integer: a '.' or an exponent means float pixels
+    start = body.find(b"\n") + 1
+    if any(body.find(c, start) >= 0 for c in (b".", b"e", b"E")):
+        raise _diagnose(raw, file, header)
     try:
-        frame = pd.read_csv(io.BytesIO(raw), dtype=np.int32, engine="c", skip_blank_lines=False)
+        frame = pd.read_csv(io.BytesIO(body), dtype=np.int32, engine="c", skip_blank_lines=False)
     except (ValueError, OverflowError, pd.errors.ParserError):
         raise _diagnose(raw, file, header) from None
     if len(frame) == 0:
@@ -187,6 +201,8 @@ def locate(data: str | None) -> Source:
         path = Path(data).expanduser()
         if not path.exists():
             raise UserError(f"DATA={data}: no such folder or zip")
+        if path.is_file() and path.suffix != ".zip":
+            raise UserError(f"DATA={data}: must be a folder holding {', '.join(FILES)} or a .zip of them")
         if path.is_dir() and not _has_files(path) and _has_files(path / "digit-recognizer"):
             path = path / "digit-recognizer"
         return Source(path, demo=(path / DEMO_MARKER).exists())
@@ -197,7 +213,8 @@ def locate(data: str | None) -> Source:
         _unzip(archive, COMPETITION_DIR)
         return Source(COMPETITION_DIR)
     if KAGGLE_INPUT.is_dir():
-        found = sorted(KAGGLE_INPUT.rglob("train.csv"))
+        # the competition's own folder first, then any other folder that holds the three files
+        found = sorted(KAGGLE_INPUT.rglob("train.csv"), key=lambda p: (p.parent.name != COMPETITION_DIR.name, str(p)))
         for train in found:
             if _has_files(train.parent):
                 return Source(train.parent)

@@ -100,12 +100,30 @@ def make_optimizer(model: nn.Module, cfg: Config, schedule: Schedule):
     from timm.scheduler import CosineLRScheduler
 
     lr = cfg.scaled_lr
-    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay)
+    try:
+        optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay)
+    except ValueError as e:  # timm: "Optimizer x not found in registry"
+        import difflib
+
+        from timm.optim import list_optimizers
+
+        near = difflib.get_close_matches(cfg.optimizer.lower(), list_optimizers(), n=3)
+        hint = f" (did you mean {' or '.join(near)}?)" if near else " (see timm.optim.list_optimizers())"
+        raise UserError(f"optimizer '{cfg.optimizer}' is not a timm optimizer{hint}: {e}") from None
     # the schedule counts optimizer steps (t_in_epochs=False), so it is the same whatever BS x ACCUM is
     scheduler = CosineLRScheduler(
         optimizer, t_initial=max(1, schedule.total_steps - schedule.warmup_steps), lr_min=lr * cfg.min_lr_ratio,
         warmup_t=schedule.warmup_steps, warmup_lr_init=lr * 0.01, warmup_prefix=True, t_in_epochs=False)
     return optimizer, scheduler
+
+
+def preflight(cfg: Config) -> torch.device:
+    """The device, and the model and optimizer built once, before a run writes anything: a setting
+    only torch or timm can check (device=cuda without CUDA, timm:<name>, optimizer) fails here."""
+    device = select_device(cfg.device)
+    model = model_from_config(cfg)
+    make_optimizer(model, cfg, Schedule(100 * cfg.effective_batch, cfg))  # 100 steps an epoch: no timm warning
+    return device
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: torch.Tensor, data: FoldData,
@@ -150,6 +168,14 @@ def _set_rng_state(state: dict, order: torch.Generator, device: torch.device) ->
     order.set_state(state["order"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _check_finite(loss: float, which: str, fold: int, epoch: int, cfg: Config) -> None:
+    """A NaN or infinite loss stops the fold before its resume point or predictions are written."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"fold {fold} epoch {epoch + 1}: the {which} loss became {loss} (training diverged); lower lr "
+            f"(now {cfg.scaled_lr:.3g}) or raise the effective batch BS x ACCUM (now {cfg.effective_batch})")
 
 
 def train_fold(cfg: Config, data: FoldData, fold: int, fold_dir: Path, device: torch.device,
@@ -203,11 +229,9 @@ def train_fold(cfg: Config, data: FoldData, fold: int, fold_dir: Path, device: t
             loss_sum += window_loss
             correct += window_correct
         train_loss = loss_sum.item() / n_train
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(
-                f"fold {fold} epoch {epoch + 1}: the training loss became {train_loss}; lower lr "
-                f"(now {cfg.scaled_lr:.3g}) or raise the effective batch BS x ACCUM ({cfg.effective_batch})")
+        _check_finite(train_loss, "training", fold, epoch, cfg)
         val_loss, val_acc = _evaluate(ema.module if ema is not None else model, data, cfg, device)
+        _check_finite(val_loss, "validation", fold, epoch, cfg)  # the weights the step left behind
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct.item() / n_train,
                   "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
                   "seconds": time.perf_counter() - started}
@@ -223,5 +247,7 @@ def train_fold(cfg: Config, data: FoldData, fold: int, fold_dir: Path, device: t
     fileio.write_torch(fold_dir / "weights.pt", final.state_dict())
     val_probs = predict_proba(final, data.images[data.val_idx.to(data.images.device)], cfg, device, cfg.tta)
     test_probs = predict_proba(final, data.test_images, cfg, device, cfg.tta)
+    if not (np.isfinite(val_probs).all() and np.isfinite(test_probs).all()):
+        _check_finite(float("nan"), "prediction", fold, cfg.epochs - 1, cfg)
     return FoldOutput(val_probs, test_probs, history)
 

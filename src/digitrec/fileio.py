@@ -15,12 +15,23 @@ import numpy as np
 import torch
 
 
+def _umask() -> int:
+    umask = os.umask(0)  # reading the umask means setting it; done once, at import
+    os.umask(umask)
+    return umask
+
+
+# the mode open() would give a new file; mkstemp's own 0o600 would hide submissions from other users
+FILE_MODE = 0o666 & ~_umask()
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -28,7 +39,22 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_dir(path.parent)
     return path
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a laptop whose battery dies right after a save keeps it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

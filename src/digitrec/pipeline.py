@@ -48,11 +48,12 @@ def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, np.ndarr
             fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
             return run_dir, rows, fold_of
     run_dir = runs.new_run_dir(cfg)
-    fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
     fileio.write_json(run_dir / "data.json", {"source": dataset.source, "demo": dataset.demo,
                                               "content_hash": dataset.content_hash,
                                               "train_rows": len(rows), "test_rows": len(dataset.test_images)})
     fileio.write_npz(run_dir / "folds.npz", rows=rows, fold_of=fold_of)
+    # config.yaml last: a folder killed before it is no run at all (runs.list_runs ignores it)
+    fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
     log(f"run folder: {run_dir}")
     return run_dir, rows, fold_of
 
@@ -81,9 +82,9 @@ def _save_fold(fold_dir: Path, out: engine.FoldOutput, seconds: float) -> None:
 def train(cfg: Config) -> RunResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = engine.preflight(cfg)  # settings, then data, are checked before anything is written
     dataset = data_mod.load_data(cfg.data, announce=log)
     run_dir, rows, fold_of = _prepare_run(cfg, dataset)
-    device = engine.select_device(cfg.device)
     log(f"device: {device} ({torch.get_num_threads()} threads)  model: {cfg.model}  "
         f"BS {cfg.batch_size} x ACCUM {cfg.accum} = {cfg.effective_batch}  lr {cfg.scaled_lr:.3g}  epochs {cfg.epochs}")
     for fold in folds_to_train(cfg):

@@ -23,7 +23,9 @@ from .errors import UserError
 
 def kaggle_working() -> Path | None:
     """In a Kaggle kernel everything is written under /kaggle/working (the rest is read-only)."""
-    return Path("/kaggle/working") if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") else None
+    if not os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):
+        return None
+    return Path(os.environ.get("DIGITREC_KAGGLE_WORKING", "/kaggle/working"))  # remapped by the kernel test
 
 
 def runs_root(cfg: Config) -> Path:
@@ -60,6 +62,8 @@ def find_resumable(cfg: Config) -> Path | None:
     for run in reversed(list_runs(runs_root(cfg))):
         if not run.name.startswith(f"{cfg.name}-") or is_complete(run):
             continue
+        if not ((run / "folds.npz").is_file() and (run / "data.json").is_file()):
+            continue  # killed while being created
         try:
             saved = config_mod.load(run / "config.yaml")
         except UserError:

@@ -1,0 +1,75 @@
+"""`make kernel`: the metadata, and the generated script run in a simulated Kaggle kernel."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, clean_env
+from digitrec import config, data, kernel
+from digitrec.errors import UserError
+
+
+def args(*overrides: str) -> argparse.Namespace:
+    return argparse.Namespace(overrides=list(overrides), run=None, runs_dir="runs", config="configs/default.yaml",
+                              debug=False)
+
+
+def test_build_writes_the_metadata_and_one_script(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "never-in-a-kernel-0123456789")
+    kernel.cmd_build(args("epochs=3", "BS=64"))
+    meta = json.loads((workdir / "kernel" / kernel.METADATA).read_text())
+    assert meta["id"] == "someone/digitrec" and meta["title"] == "digitrec" and meta["code_file"] == kernel.SCRIPT
+    assert meta["enable_gpu"] is True and meta["enable_internet"] is False
+    assert meta["competition_sources"] == ["digit-recognizer"] and meta["kernel_type"] == "script"
+    assert sorted(p.name for p in (workdir / "kernel").iterdir()) == sorted([kernel.METADATA, kernel.SCRIPT])
+    script = (workdir / "kernel" / kernel.SCRIPT).read_text()
+    compile(script, kernel.SCRIPT, "exec")
+    for module in (ROOT / "src" / "digitrec").glob("*.py"):
+        assert f"'digitrec/{module.name}'" in script
+    assert "'epochs': 3," in script and "'batch_size': 64," in script
+    assert "never-in-a-kernel" not in script
+
+
+def test_the_kernel_id_must_be_usable(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(workdir)
+    with pytest.raises(UserError, match="needs your Kaggle username"):
+        kernel.cmd_build(args())
+    with pytest.raises(UserError, match="must be <your-kaggle-username>/<slug>"):
+        kernel.build(workdir / "kernel", config.Config(), "me/x")
+
+
+def test_the_kernel_script_trains_in_a_simulated_kernel(demo_dir: Path, tmp_path: Path) -> None:
+    """KAGGLE_KERNEL_RUN_TYPE set, /kaggle/input and /kaggle/working remapped to temp folders, the data
+    in a folder not named digit-recognizer, and no PYTHONPATH: the script must carry the package."""
+    inputs, working = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working"
+    (inputs / "mnist-copy").mkdir(parents=True)
+    working.mkdir()
+    for name in data.FILES:  # the demo set without its demo marker stands in for the competition data
+        shutil.copy(demo_dir / name, inputs / "mnist-copy" / name)
+    tiny = config.load(None, {"epochs": 1, "folds": 2, "limit": 200, "batch_size": 64, "progress": False})
+    built = kernel.build(tmp_path / "kernel", tiny, "someone/digitrec")
+    env = clean_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", DIGITREC_KAGGLE_INPUT=str(inputs),
+                    DIGITREC_KAGGLE_WORKING=str(working))
+    env.pop("PYTHONPATH")
+    done = subprocess.run([sys.executable, str(built / kernel.SCRIPT)], cwd=working, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    where = next(line for line in done.stdout.splitlines() if line.startswith("digitrec from "))
+    assert str(ROOT / "src") not in where and "digitrec-" in where  # the carried copy, not the checkout
+    assert f"data {inputs / 'mnist-copy'}" in where
+    submission = pd.read_csv(working / "submission.csv")
+    test_rows = len(pd.read_csv(demo_dir / "test.csv", usecols=[0]))
+    assert list(submission.columns) == ["ImageId", "Label"] and len(submission) == test_rows
+    assert submission["ImageId"].tolist() == list(range(1, test_rows + 1)) and submission["Label"].between(0, 9).all()
+    run, = (working / "runs").iterdir()
+    assert (run / "metrics.json").is_file()
+    assert sorted(p.name for p in working.iterdir()) == ["runs", "submission.csv", "submissions"]
