@@ -27,8 +27,7 @@ import yaml
 from torch import nn
 
 from . import config as config_mod
-from . import data as data_mod
-from . import engine, fileio, plots, runs
+from . import engine, fileio, pipeline, plots, runs
 from .config import Config
 from .errors import UserError
 from .models import count_parameters, load_weights, model_from_config
@@ -231,17 +230,11 @@ def evaluate_run(run_dir: Path, settings: CostSettings) -> dict:
     """evaluation.json, evaluation.md, confusion.png and mistakes.png in run_dir; returns the JSON."""
     if not runs.is_complete(run_dir):
         raise UserError(f"{run_dir}: the run is not finished (no metrics.json); rerun its `make train` to complete it")
-    overrides = {"device": settings.device} if settings.device else None
-    cfg = config_mod.load(run_dir / "config.yaml", overrides)
+    saved = pipeline.open_run(run_dir, {"device": settings.device} if settings.device else None)
+    cfg, record, dataset, rows, fold_of = saved.cfg, saved.record, saved.dataset, saved.rows, saved.fold_of
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     metrics = fileio.read_json(run_dir / "metrics.json")
-    record = fileio.read_json(run_dir / "data.json")
-    dataset = data_mod.load_data(cfg.data, announce=print)
-    if dataset.content_hash != record["content_hash"]:
-        raise UserError(f"{run_dir}: was trained on other data than {dataset.source} (content hash differs)")
-    saved = np.load(run_dir / "folds.npz")
-    rows, fold_of = saved["rows"], saved["fold_of"]
     done = metrics["folds_done"]
     device = engine.select_device(cfg.device)
 

@@ -135,16 +135,37 @@ def finish(run_dir: Path, cfg: Config, labels: np.ndarray, fold_of: np.ndarray, 
     return RunResult(run_dir, sub_path, metrics)
 
 
-def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) -> RunResult:
-    """Rebuild a run's fold predictions and submission from its saved weights."""
-    run_dir = runs.resolve_run(run, runs_dir)
-    cfg = config_mod.load(run_dir / "config.yaml", {"tta": tta} if tta is not None else None)
+@dataclass
+class SavedRun:
+    """A finished or interrupted run read back: its config, the data it was trained on, its folds."""
+
+    run_dir: Path
+    cfg: Config
+    record: dict  # data.json
+    dataset: data_mod.Dataset
+    rows: np.ndarray
+    fold_of: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.dataset.train_labels[self.rows]
+
+
+def open_run(run_dir: Path, overrides: dict | None = None) -> SavedRun:
+    """Read a run folder back, checking that the data found now is the data it was trained on."""
+    cfg = config_mod.load(run_dir / "config.yaml", overrides)
     record = fileio.read_json(run_dir / "data.json")
     dataset = data_mod.load_data(cfg.data, announce=log)
     if dataset.content_hash != record["content_hash"]:
         raise UserError(f"{run_dir}: was trained on other data than {dataset.source} (content hash differs)")
     saved = np.load(run_dir / "folds.npz")
-    rows, fold_of = saved["rows"], saved["fold_of"]
+    return SavedRun(run_dir, cfg, record, dataset, saved["rows"], saved["fold_of"])
+
+
+def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) -> RunResult:
+    """Rebuild a run's fold predictions and submission from its saved weights."""
+    saved = open_run(runs.resolve_run(run, runs_dir), {"tta": tta} if tta is not None else None)
+    cfg, run_dir = saved.cfg, saved.run_dir
     device = engine.select_device(cfg.device)
     for k in range(cfg.folds):
         fold_dir = run_dir / f"fold{k}"
@@ -153,9 +174,9 @@ def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) ->
         model = load_weights(model_from_config(cfg), fold_dir / "weights.pt").to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        fold = _fold_data(dataset, rows, fold_of, k, device)
+        fold = _fold_data(saved.dataset, saved.rows, saved.fold_of, k, device)
         val_images = fold.images[fold.val_idx.to(device)]
         fileio.write_npy(fold_dir / "val_probs.npy", engine.predict_proba(model, val_images, cfg, device, cfg.tta))
         fileio.write_npy(fold_dir / "test_probs.npy", engine.predict_proba(model, fold.test_images, cfg, device, cfg.tta))
         log(f"fold {k}: predicted from {fold_dir / 'weights.pt'}")
-    return finish(run_dir, cfg, dataset.train_labels[rows], fold_of, demo=dataset.demo)
+    return finish(run_dir, cfg, saved.labels, saved.fold_of, demo=saved.dataset.demo)
