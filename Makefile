@@ -50,8 +50,8 @@ sweep: $(SETUP)  ## a study: STUDY=batch MODEL= BATCH_SIZES="..." | STUDY=accum 
 	  $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(LIMIT),limit=$(LIMIT)) $(if $(FOLDS),folds=$(FOLDS)) \
 	  $(if $(DATA),data=$(DATA)) $(if $(OUT),out=$(OUT)) $(ARGS))
 
-bench: $(SETUP)  ## throughput vs the conventional per-sample path and the machine's FLOP limit; JSON last line
-	$(CLI) bench $(ARGS)
+bench: $(SETUP)  ## throughput vs the conventional per-sample path and the FLOP limit (DATA=; ARGS="record=1"); JSON last line
+	$(CLI) bench --config $(CONFIG) results=$(ROOT)/benchmarks/results.json $(if $(DATA),data=$(DATA)) $(ARGS)
 
 download: $(SETUP)  ## kaggle competitions download -c digit-recognizer into input/, unzip, verify
 	$(CLI) download

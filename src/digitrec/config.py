@@ -44,7 +44,7 @@ class Config:
     model: str = "gn_cnn"
     width: int = 32  # channels of the first stage; later stages double it
     groups: int = 8  # GroupNorm groups
-    dropout: float = 0.1
+    dropout: float = 0.4
     # --- optimisation
     epochs: int = 18
     batch_size: int = 128  # the micro-batch: what goes through the model at once
@@ -63,14 +63,14 @@ class Config:
     rotate: float = 10.0  # degrees, +-
     scale: float = 0.1  # fraction, +-
     shift: float = 0.1  # fraction of the image side, +-
-    tta: bool = False  # average predictions with small shifted copies
+    tta: bool = True  # average predictions over the image and four 1-pixel shifts
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU, where it does not pay)
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # torch intra-op threads; None = torch's default
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 256  # measured faster than 1024 here, and a quarter of the activations
     progress: bool = True  # tqdm bars
     # --- where things go
     runs_dir: str = "runs"

@@ -1,0 +1,477 @@
+"""`make bench`: how fast this pipeline trains, predicts and loads data, against the conventional
+per-sample path and against what the machine can do; one run, a readable table, then one JSON line.
+
+What is measured, each after a warm-up and as the median of several repeats:
+  train          images/s of the engine's own training step (engine.train_step, augmentation,
+                 optimizer, LR schedule and EMA, exactly as train_fold runs them) at BS x ACCUM
+  conventional   the same model, augmentation, optimizer and loss fed the way most public kernels do:
+                 pandas row -> PIL image -> torchvision RandomAffine + ToTensor -> DataLoader(2 workers)
+  FLOP limit     fp32 GEMM FLOP/s at the same thread count, and the model's training FLOPs per image
+                 (FlopCounterMode), so train images/s x FLOPs/image / GEMM FLOP/s is the fraction reached
+  predict        seconds for the test rows per fold model (engine.predict_proba) and for the ensemble
+  data           parsing train.csv + test.csv with no cache, and data.load with a warm cache
+  memory         peak RSS of `python -m digitrec train` (default settings; one epoch, one fold, 5000 rows)
+
+Settings: the config's keys (BS=, ACCUM=, DATA=, threads=, device=, compile=, ...; ACCUM defaults to 8
+here) and quick=1 (a few steps on small sizes, for tests), record=1 (store the figures as this
+machine's reference), results=PATH (the reference file, default benchmarks/results.json). Every run
+compares itself with the figures recorded for its machine and names what got worse.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import config as config_mod
+from . import data as data_mod
+from . import engine, fileio
+from .config import Config
+from .errors import UserError
+from .models import model_from_config
+
+DEFAULT_RESULTS = "benchmarks/results.json"
+BENCH_KEYS = ("quick", "record", "results")
+# Repeated timings on a shared machine scatter by several percent; only a worse change beyond this
+# fraction is called a regression.
+TOLERANCE = 0.10
+# The figures a regression is judged on, and which way is better. The conventional path and the GEMM
+# are references, not our code: when they move, the machine changed (busier, throttled), and the
+# speedup and FLOP fraction are ratios to them.
+HIGHER_IS_BETTER = ("train_img_per_s",)
+LOWER_IS_BETTER = ("predict_s_per_fold", "ensemble_s", "csv_cold_s", "csv_cached_s", "peak_rss_gib")
+# The issue's targets for the 2-core CPU: (key, comparison, bound).
+TARGETS = {"speedup": (">=", 2.0), "flop_limit_fraction": (">=", 0.60), "csv_cold_s": ("<=", 1.5),
+           "csv_cached_s": ("<=", 0.2), "predict_s_per_fold": ("<=", 5.0), "peak_rss_gib": ("<=", 3.0)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much work each measurement does; quick=1 shrinks everything to a smoke test."""
+
+    train_steps: int  # optimizer steps (of BS x ACCUM images) per timed repeat
+    conventional_steps: int
+    repeats: int
+    gemm_n: int
+    # training rows for the memory run: the peak comes from parsing the CSVs, the data and the test
+    # predictions, which every run has in full, not from how many steps it trains
+    rss_limit: int
+
+
+FULL = Plan(train_steps=8, conventional_steps=4, repeats=3, gemm_n=4096, rss_limit=5000)
+QUICK = Plan(train_steps=1, conventional_steps=1, repeats=2, gemm_n=512, rss_limit=200)
+
+
+# ---------------------------------------------------------------- timing helpers
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(run: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1) -> float:
+    """Median wall time of run() over `repeats` calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        run()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def machine_id(device: torch.device, threads: int) -> str:
+    """The key results are recorded under: the GPU's name, or the CPU model and the thread count."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {name}, {threads} threads"
+
+
+# ---------------------------------------------------------------- training throughput
+
+
+def _windows(n: int, window: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless windows of shuffled row indices, a fresh permutation per epoch as train_fold draws them."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n - window + 1, window):
+            yield perm[start:start + window]
+        if n < window:  # a set smaller than one window (the demo set at ACCUM=8): sample with replacement
+            yield torch.randint(n, (window,), generator=generator)
+
+
+def train_throughput(cfg: Config, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                     plan: Plan) -> float:
+    """Images/s of the engine's training loop body: train_step, scheduler.step_update, EMA update."""
+    from timm.utils import ModelEmaV3
+
+    torch.manual_seed(cfg.seed)
+    n = len(labels)
+    data = engine.FoldData(images.to(device), labels.to(device), torch.arange(n), torch.arange(0), images[:0])
+    model = model_from_config(cfg).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    schedule = engine.Schedule(n, cfg)
+    optimizer, scheduler = engine.make_optimizer(model, cfg, schedule)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+    forward = torch.compile(model) if cfg.compile else model
+    windows = _windows(n, schedule.window, torch.Generator().manual_seed(cfg.seed))
+    step = 0
+
+    def steps() -> None:
+        nonlocal step
+        for _ in range(plan.train_steps):
+            engine.train_step(forward, optimizer, next(windows), data, cfg, device)
+            step += 1
+            scheduler.step_update(num_updates=step)
+            if ema is not None:
+                ema.update(model, step=step)
+
+    seconds = _median_seconds(steps, plan.repeats, device)
+    return plan.train_steps * schedule.window / seconds
+
+
+class _RowDataset(torch.utils.data.Dataset):
+    """The conventional input path: one pandas row at a time -> PIL image -> torchvision transforms."""
+
+    def __init__(self, frame, transform):
+        self.frame, self.transform = frame, transform
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        row = self.frame.iloc[i]
+        image = Image.fromarray(row.iloc[1:].to_numpy(dtype=np.uint8).reshape(28, 28))
+        return self.transform(image), int(row.iloc[0])
+
+
+def conventional_throughput(cfg: Config, images: np.ndarray, labels: np.ndarray, device: torch.device,
+                            plan: Plan) -> float:
+    """Images/s of the same model, augmentation, optimizer and loss through a per-sample DataLoader.
+    The model keeps PyTorch's default layout and there is no EMA: what a typical kernel runs."""
+    import pandas as pd
+    from torchvision import transforms
+
+    frame = pd.DataFrame(np.column_stack([labels, images.reshape(len(images), -1)]), columns=data_mod.TRAIN_HEADER)
+    # the same random rotation, scale and shift as augment.random_affine, bilinear as it samples
+    transform = transforms.Compose([
+        transforms.RandomAffine(degrees=cfg.rotate, translate=(cfg.shift, cfg.shift),
+                                scale=(1 - cfg.scale, 1 + cfg.scale),
+                                interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.ToTensor()])
+    loader = torch.utils.data.DataLoader(
+        _RowDataset(frame, transform), batch_size=cfg.batch_size, num_workers=2, persistent_workers=True,
+        pin_memory=device.type == "cuda",
+        # sampling with replacement never runs out, so the timed steps never wait for an epoch restart
+        sampler=torch.utils.data.RandomSampler(frame, replacement=True, num_samples=10**9))
+    torch.manual_seed(cfg.seed)
+    model = model_from_config(cfg).to(device)
+    model.train()
+    optimizer, _ = engine.make_optimizer(model, cfg, engine.Schedule(len(frame), cfg))
+    batches = iter(loader)
+
+    def steps() -> None:
+        for _ in range(plan.conventional_steps):
+            for _ in range(cfg.accum):
+                x, y = next(batches)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                (loss / cfg.accum).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    try:
+        seconds = _median_seconds(steps, plan.repeats, device)
+    finally:
+        del batches  # shuts the persistent workers down
+    return plan.conventional_steps * cfg.accum * cfg.batch_size / seconds
+
+
+# ---------------------------------------------------------------- the machine's limit
+
+
+def gemm_flop_s(device: torch.device, n: int, repeats: int) -> float:
+    """fp32 FLOP/s of an n x n matmul: what this device and thread count can do on dense work."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    if device.type == "cuda":  # the fp32 figure, not TF32
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return 2 * n**3 / _median_seconds(lambda: torch.mm(a, b), repeats, device)
+
+
+def train_flops_per_image(cfg: Config) -> float:
+    """FLOPs of one forward + backward per image, as FlopCounterMode counts them (matmuls, convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model_from_config(cfg)
+    x = torch.rand(cfg.batch_size, 1, 28, 28)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x).sum().backward()
+    return counter.get_total_flops() / cfg.batch_size
+
+
+# ---------------------------------------------------------------- inference
+
+
+def predict_timings(cfg: Config, test_images: torch.Tensor, device: torch.device, plan: Plan) -> tuple[float, float]:
+    """(seconds per fold model, seconds for the whole fold ensemble) to predict the test rows, with
+    models built and laid out as pipeline.predict builds them (weights do not change the cost)."""
+    models = []
+    for fold in range(cfg.folds):
+        torch.manual_seed(fold)
+        model = model_from_config(cfg).to(device)
+        models.append(model.to(memory_format=torch.channels_last) if cfg.channels_last else model)
+    images = test_images.to(device)
+    per_fold = _median_seconds(lambda: engine.predict_proba(models[0], images, cfg, device, cfg.tta),
+                               plan.repeats, device)
+    ensemble = _median_seconds(
+        lambda: np.mean([engine.predict_proba(m, images, cfg, device, cfg.tta) for m in models], axis=0),
+        1, device, warmup=0)
+    return per_fold, ensemble
+
+
+# ---------------------------------------------------------------- data
+
+
+def data_timings(source: data_mod.Source, plan: Plan) -> tuple[float, float]:
+    """(cold, cached) seconds: parsing and validating train.csv + test.csv from their bytes (no cache);
+    data.load of all three files once its cache is warm, in a temp working directory."""
+    train_raw, test_raw = source.read("train.csv"), source.read("test.csv")
+
+    def parse() -> None:
+        data_mod.parse_train(train_raw)
+        data_mod.parse_test(test_raw)
+
+    cold = _median_seconds(parse, plan.repeats, torch.device("cpu"), warmup=0)
+    here = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="digitrec-bench-") as tmp:
+        os.chdir(tmp)  # data.load keeps its cache in ./input/.cache
+        try:
+            cached = _median_seconds(lambda: data_mod.load(source), plan.repeats, torch.device("cpu"))
+        finally:
+            os.chdir(here)
+    return cold, cached
+
+
+# ---------------------------------------------------------------- memory
+
+
+def peak_rss_gib(config_path: str, overrides: list[str], source: data_mod.Source, plan: Plan) -> float:
+    """Peak resident memory of a training process: one epoch of fold 0 of a stratified subset with the
+    default settings, in a temp working directory, so the CSVs are parsed cold as on a first `make train`."""
+    settings = [*overrides, f"data={source.path.resolve()}", "epochs=1", "fold=0", f"limit={plan.rss_limit}",
+                "name=bench-memory", "progress=false"]
+    command = [sys.executable, "-m", "digitrec", "train", "--config", str(Path(config_path).resolve()), *settings]
+    src = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory(prefix="digitrec-bench-") as tmp, open(Path(tmp) / "log", "w+") as log:
+        process = subprocess.Popen(command, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # wait4 gives this child's own rusage; RUSAGE_CHILDREN would also count the DataLoader workers
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            log.seek(0)
+            raise UserError(f"bench: the memory run `{' '.join(command)}` failed:\n{log.read()[-2000:]}")
+    return usage.ru_maxrss * 1024 / 2**30  # ru_maxrss is in KiB on Linux
+
+
+# ---------------------------------------------------------------- recorded figures
+
+
+def read_results(path: Path) -> dict:
+    return fileio.read_json(path) if path.is_file() else {}
+
+
+def comparable(recorded: dict | None, current: dict) -> bool:
+    """Recorded figures are compared only when they came from the same kind of run."""
+    return bool(recorded) and all(recorded.get(k) == current.get(k)
+                                  for k in ("quick", "demo", "batch_size", "accum", "folds", "model"))
+
+
+def regressions(current: dict, recorded: dict, tolerance: float = TOLERANCE) -> list[dict]:
+    """The figures that got worse than recorded by more than `tolerance`: each with both values and the
+    relative change of the value itself (+0.25: 25% more seconds, or 25% more images/s)."""
+    worse = []
+    for key in (*HIGHER_IS_BETTER, *LOWER_IS_BETTER):
+        old, new = recorded.get(key), current.get(key)
+        if not isinstance(old, (int, float)) or not isinstance(new, (int, float)) or old <= 0:
+            continue
+        change = (new - old) / old
+        if (change < -tolerance) if key in HIGHER_IS_BETTER else (change > tolerance):
+            worse.append({"key": key, "recorded": old, "now": new, "change": round(change, 4)})
+    return worse
+
+
+def record(path: Path, machine: str, result: dict) -> None:
+    results = read_results(path)
+    results[machine] = {**result, "recorded": time.strftime("%Y-%m-%d %H:%M:%S")}
+    fileio.write_json(path, dict(sorted(results.items())))
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _target(key: str, value: float) -> str:
+    if key not in TARGETS:
+        return ""
+    op, bound = TARGETS[key]
+    ok = value >= bound if op == ">=" else value <= bound
+    return f"{op} {bound:g} {'ok' if ok else 'MISSED'}"
+
+
+def table(result: dict, recorded: dict | None) -> str:
+    rows = [
+        ("train, our pipeline", "train_img_per_s", "img/s"),
+        ("train, conventional per-sample path", "conventional_img_per_s", "img/s"),
+        ("speedup, ours / conventional", "speedup", "x"),
+        ("fp32 GEMM", "gemm_gflop_s", "GFLOP/s"),
+        ("training cost of the model", "train_mflop_per_img", "MFLOP/img"),
+        ("fraction of the GEMM limit reached", "flop_limit_fraction", ""),
+        ("predict the test rows, one fold", "predict_s_per_fold", "s"),
+        ("predict the test rows, all folds", "ensemble_s", "s"),
+        ("predict, fold ensemble", "ensemble_img_per_s", "img/s"),
+        ("parse train+test CSV, no cache", "csv_cold_s", "s"),
+        ("load the data, warm cache", "csv_cached_s", "s"),
+        ("peak RSS of a training process", "peak_rss_gib", "GiB"),
+    ]
+    lines = [f"{'':37} {'now':>10} {'':9} {'recorded':>10}  {'change':>7}  target (2-core CPU)"]
+    for label, key, unit in rows:
+        value, old = result[key], (recorded or {}).get(key)
+        known = isinstance(old, (int, float)) and old > 0
+        old_text, change = (f"{old:.4g}", f"{(value - old) / old:+.0%}") if known else ("-", "")
+        lines.append(f"{label:37} {value:>10.4g} {unit:<9} {old_text:>10}  {change:>7}  {_target(key, value)}")
+    return "\n".join(lines)
+
+
+def _split_settings(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The bench's own settings, and the rest (config settings) in their original KEY=VALUE form."""
+    ours, rest = {}, []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip().lower() in BENCH_KEYS:
+            ours[key.strip().lower()] = value
+        else:
+            rest.append(item)
+    return ours, rest
+
+
+def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan, say=print) -> dict:
+    """Every measurement, in an order that keeps them apart: the memory run first (a child process,
+    nothing else running), then data, the GEMM, training, the conventional path, prediction."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = engine.select_device(cfg.device)
+    threads = torch.get_num_threads()
+    source = data_mod.locate(cfg.data)
+    if source.demo:
+        print(data_mod.demo_notice(), file=sys.stderr)
+    say(f"bench: {device} ({threads} threads), {cfg.model}, BS {cfg.batch_size} x ACCUM {cfg.accum}, "
+        f"data {source.describe()}{', quick' if plan is QUICK else ''}")
+    dataset = data_mod.load(source)
+
+    started = time.perf_counter()
+
+    def stage(name: str, measure: Callable[[], object]):
+        say(f"bench: {name} ...")
+        value = measure()
+        say(f"bench: {name} done at {time.perf_counter() - started:.0f}s")
+        return value
+
+    rss = stage("peak memory of a training process", lambda: peak_rss_gib(config_path, overrides, source, plan))
+    csv_cold, csv_cached = stage("data loading", lambda: data_timings(source, plan))
+    gemm = stage("GEMM", lambda: gemm_flop_s(device, plan.gemm_n, plan.repeats))
+    flops = train_flops_per_image(cfg)
+    images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
+    ours = stage("training, our pipeline", lambda: train_throughput(cfg, images, labels, device, plan))
+    conventional = stage("training, conventional path", lambda: conventional_throughput(
+        cfg, dataset.train_images, dataset.train_labels, device, plan))
+    per_fold, ensemble = stage("prediction", lambda: predict_timings(
+        cfg, torch.from_numpy(dataset.test_images), device, plan))
+    test_rows = len(dataset.test_images)
+
+    figures = {
+        "train_img_per_s": ours, "conventional_img_per_s": conventional, "speedup": ours / conventional,
+        "gemm_gflop_s": gemm / 1e9, "train_mflop_per_img": flops / 1e6, "flop_limit_fraction": ours * flops / gemm,
+        "predict_s_per_fold": per_fold, "predict_img_per_s": test_rows / per_fold,
+        "ensemble_s": ensemble, "ensemble_img_per_s": test_rows / ensemble,
+        "csv_cold_s": csv_cold, "csv_cached_s": csv_cached, "peak_rss_gib": rss,
+    }
+    return {**{k: round(v, 4) for k, v in figures.items()},
+            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "threads": threads, "machine": machine_id(device, threads), "model": cfg.model,
+            "batch_size": cfg.batch_size, "accum": cfg.accum, "folds": cfg.folds, "test_rows": test_rows,
+            "quick": plan is QUICK, "demo": source.demo, "torch": torch.__version__}
+
+
+def compare(result: dict, previous: dict | None) -> tuple[list[str], list[dict]]:
+    """What to say about this run against the figures recorded for its machine, and what got worse."""
+    machine = result["machine"]
+    if previous is None:
+        return [f"no figures recorded for '{machine}' yet (record=1 stores these)"], []
+    if not comparable(previous, result):
+        return [f"the figures recorded for '{machine}' come from another kind of run "
+                f"(quick, demo data, BS, ACCUM, folds or model differ): not compared"], []
+    worse = regressions(result, previous)
+    lines = [f"REGRESSION {w['key']}: {w['recorded']:.4g} -> {w['now']:.4g} ({w['change']:+.0%}), "
+             f"worse than recorded on {previous['recorded']}" for w in worse]
+    moved = result["gemm_gflop_s"] / previous["gemm_gflop_s"] - 1 if previous.get("gemm_gflop_s") else 0.0
+    if worse and moved < -TOLERANCE:
+        lines.append(f"note: the GEMM reference is {moved:+.0%} too: the machine is slower than when recorded (busy?)")
+    if not worse:
+        lines.append(f"nothing is worse than recorded on {previous['recorded']} by more than {TOLERANCE:.0%}")
+    return lines, worse
+
+
+def command(args: argparse.Namespace) -> None:
+    ours, overrides = _split_settings(args.overrides)
+    try:
+        quick, keep = (bool(int(ours.get(k) or 0)) for k in ("quick", "record"))
+    except ValueError:
+        raise UserError("bench: quick= and record= take 0 or 1") from None
+    results_path = Path(ours.get("results") or DEFAULT_RESULTS)
+    # ACCUM=8 is the issue's setting for the throughput figures; an explicit ACCUM= still wins
+    cfg = config_mod.load(args.config, ["accum=8", *overrides])
+
+    result = run(cfg, overrides, args.config, QUICK if quick else FULL)
+    previous = read_results(results_path).get(result["machine"])
+    lines, worse = compare(result, previous)
+    baseline = previous if previous is not None and comparable(previous, result) else None
+    print()
+    print(table(result, baseline))
+    print(f"\nagainst {results_path}:")
+    print("\n".join(lines))
+    if keep:
+        record(results_path, result["machine"], result)
+        print(f"recorded as the reference for '{result['machine']}' in {results_path}")
+    result.update(baseline=baseline["recorded"] if baseline else None, regressions=[w["key"] for w in worse])
+    print(json.dumps(result))
