@@ -61,6 +61,10 @@ class Source:
         except OSError as e:
             raise UserError(f"{file}: cannot be read ({e.strerror or e})") from None
 
+    def name_of(self, member: str) -> str:
+        """How error messages name a member: folder/train.csv, or archive.zip:train.csv."""
+        return str(self.path / member) if self.path.is_dir() else f"{self.path}:{member}"
+
     def describe(self) -> str:
         return f"{self.path}{' (DEMO: not the competition data)' if self.demo else ''}"
 
@@ -279,10 +283,9 @@ def load(source: Source) -> Dataset:
     if cached.is_file():
         with np.load(cached, allow_pickle=False) as z:
             return Dataset(z["train_images"], z["train_labels"], z["test_images"], source.describe(), source.demo, key)
-    where = lambda name: str(source.path / name) if source.path.is_dir() else f"{source.path}:{name}"  # noqa: E731
-    train_images, train_labels = parse_train(raws["train.csv"], where("train.csv"))
-    test_images = parse_test(raws["test.csv"], where("test.csv"))
-    check_sample(raws["sample_submission.csv"], len(test_images), where("sample_submission.csv"))
+    train_images, train_labels = parse_train(raws["train.csv"], source.name_of("train.csv"))
+    test_images = parse_test(raws["test.csv"], source.name_of("test.csv"))
+    check_sample(raws["sample_submission.csv"], len(test_images), source.name_of("sample_submission.csv"))
     fileio.write_npz(cached, train_images=train_images, train_labels=train_labels, test_images=test_images)
     return Dataset(train_images, train_labels, test_images, source.describe(), source.demo, key)
 
