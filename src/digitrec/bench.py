@@ -244,7 +244,7 @@ def train_flops_per_image(cfg: Config) -> float:
 
 
 def predict_timings(cfg: Config, test_images: torch.Tensor, device: torch.device, plan: Plan) -> tuple[float, float]:
-    """(seconds per fold model, seconds for the whole fold ensemble) to predict the test rows, with
+    """(seconds per fold model, seconds for the whole fold ensemble) to predict the test rows without TTA, with
     models built and laid out as pipeline.predict builds them (weights do not change the cost)."""
     models = []
     for fold in range(cfg.folds):
@@ -252,10 +252,11 @@ def predict_timings(cfg: Config, test_images: torch.Tensor, device: torch.device
         model = model_from_config(cfg).to(device)
         models.append(model.to(memory_format=torch.channels_last) if cfg.channels_last else model)
     images = test_images.to(device)
-    per_fold = _median_seconds(lambda: engine.predict_proba(models[0], images, cfg, device, cfg.tta),
+    # plain prediction: TTA (tta=true) multiplies this by its five views, and is a choice, not a cost
+    per_fold = _median_seconds(lambda: engine.predict_proba(models[0], images, cfg, device, tta=False),
                                plan.repeats, device)
     ensemble = _median_seconds(
-        lambda: np.mean([engine.predict_proba(m, images, cfg, device, cfg.tta) for m in models], axis=0),
+        lambda: np.mean([engine.predict_proba(m, images, cfg, device, tta=False) for m in models], axis=0),
         1, device, warmup=0)
     return per_fold, ensemble
 
