@@ -2,7 +2,6 @@
 same command again, must give exactly the probabilities of an uninterrupted run, in the same run folder."""
 from __future__ import annotations
 
-import contextlib
 import random
 import signal
 import subprocess
@@ -19,15 +18,17 @@ EPOCHS = 3
 
 
 def train_args(demo_dir: Path) -> list[str]:
-    # threads pinned: float sums depend on the thread count, and an earlier test in this pytest process
-    # may have changed torch's (the reference runs in-process, the others as CLI subprocesses)
+    # threads pinned: float sums depend on the thread count, which must not vary with the machine's load
     return ["train", "--config", str(ROOT / "configs" / "default.yaml"), f"DATA={demo_dir}", "NAME=resume",
             "width=8", f"epochs={EPOCHS}", "folds=2", "progress=false", "threads=1"]
 
 
 def start(demo_dir: Path, cwd: Path) -> subprocess.Popen:
+    # SIGINT back to its default in the child: a shell that started pytest in the background hands down
+    # SIG_IGN, and Python then never raises KeyboardInterrupt
     return subprocess.Popen([sys.executable, "-m", "digitrec", *train_args(demo_dir)], cwd=cwd, env=clean_env(cwd),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_resume_point(proc: subprocess.Popen, cwd: Path, timeout: float = 120) -> None:
@@ -49,13 +50,11 @@ def probabilities(cwd: Path) -> tuple[Path, np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def reference(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
-    """The uninterrupted run, in-process (same code and thread count as the CLI runs; saves a start-up)."""
-    from digitrec import config, pipeline
-
+    """The uninterrupted run, as a CLI subprocess like the interrupted ones: an in-process run would
+    inherit whatever global torch state earlier tests in this pytest process left behind."""
     cwd = tmp_path_factory.mktemp("uninterrupted")
-    args = train_args(demo_dir)
-    with contextlib.chdir(cwd):
-        pipeline.train(config.load(args[2], args[3:]))
+    result = run_cli(train_args(demo_dir), cwd)
+    assert result.returncode == 0, result.stderr[-2000:]
     _, oof, test = probabilities(cwd)
     assert np.isfinite(oof).all() and oof.shape[1] == 10 and test.shape[0] == 2
     return oof, test
