@@ -88,7 +88,7 @@ def test_interrupt_mid_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pyt
 # Writes that do not go through fileio, each with why it is safe. A new one fails this test: route it
 # through fileio.write_* (to a buffer first, like plots.py), or add it here with its reason.
 ALLOWED = {
-    ("data.py", "(tmp / name).write_bytes("): "into a temp folder that is renamed whole (_unzip)",
+    ("data.py", "(tmp / name).write_bytes("): "into a temp folder that is renamed whole (unzip)",
     ("bench.py", 'open(Path(tmp) / "log", "w+")'): "a log inside a TemporaryDirectory",
     ("kernel.py", "(home / name).write_text("): "the kernel script unpacks the package into a mkdtemp folder",
 }

@@ -86,7 +86,7 @@ def _fail(file: str, message: str) -> UserError:
     return UserError(f"{file}: {message}")
 
 
-def _check_header(raw: bytes, file: str, expected: list[str]) -> None:
+def check_header(raw: bytes, file: str, expected: list[str]) -> None:
     if not raw.strip():
         raise _fail(file, "empty file")
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -131,7 +131,7 @@ def _diagnose(raw: bytes, file: str, header: list[str]) -> UserError:
 def parse_csv(raw: bytes, file: str, header: list[str]) -> np.ndarray:
     """CSV bytes -> int array (rows, columns), checked for header, shape and integer cells.
     Line numbers in messages count the header as line 1, as an editor shows them."""
-    _check_header(raw, file, header)
+    check_header(raw, file, header)
     # blank lines at the very end are harmless (an editor's extra newline); anywhere else they are an error
     body = raw.rstrip(b"\r\n\t ") + b"\n"
     # pandas would quietly turn 12.0 or 1e2 into an integer: a '.' or an exponent means float pixels
@@ -184,7 +184,7 @@ def _has_files(folder: Path) -> bool:
     return all((folder / f).is_file() for f in FILES)
 
 
-def _unzip(archive: Path, dest: Path) -> None:
+def unzip(archive: Path, dest: Path) -> None:
     """Extract the three CSVs into dest via a temp folder, so a kill never leaves half a dataset."""
     source = Source(archive)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
@@ -214,7 +214,7 @@ def locate(data: str | None) -> Source:
         return Source(COMPETITION_DIR)
     archive = INPUT_DIR / "digit-recognizer.zip"
     if archive.is_file():
-        _unzip(archive, COMPETITION_DIR)
+        unzip(archive, COMPETITION_DIR)
         return Source(COMPETITION_DIR)
     if KAGGLE_INPUT.is_dir():
         # the competition's own folder first, then any other folder that holds the three files

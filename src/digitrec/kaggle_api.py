@@ -288,7 +288,7 @@ def verify(folder: Path) -> dict[str, int]:
         if not path.is_file():
             raise UserError(f"{path}: missing (the competition data is {', '.join(data_mod.FILES)})")
         raw = path.read_bytes()
-        data_mod._check_header(raw, str(path), header)
+        data_mod.check_header(raw, str(path), header)
         rows[name] = raw.rstrip(b"\r\n").count(b"\n")  # every line after the header
         if rows[name] != count:
             raise UserError(f"{path}: has {rows[name]} data rows, the competition's has {count} (an incomplete download?)")
@@ -312,7 +312,7 @@ def download_data(input_dir: Path) -> dict[str, int]:
     unpacked = staging / COMPETITION
     shutil.rmtree(unpacked, ignore_errors=True)
     try:
-        data_mod._unzip(archive, unpacked)
+        data_mod.unzip(archive, unpacked)
         rows = verify(unpacked)
     except UserError as e:
         raise UserError(f"{e}; the download is kept at {archive}") from None

@@ -4,6 +4,7 @@ Resumable at fold granularity here (finished folds are skipped) and at epoch gra
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +59,17 @@ def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, np.ndarr
     return run_dir, rows, fold_of
 
 
-def _fold_data(dataset: data_mod.Dataset, rows: np.ndarray, fold_of: np.ndarray, fold: int,
-               device: torch.device) -> engine.FoldData:
-    images = torch.from_numpy(dataset.train_images[rows]).to(device)
-    labels = torch.from_numpy(dataset.train_labels[rows]).to(device)
-    return engine.FoldData(images, labels, torch.from_numpy(np.flatnonzero(fold_of != fold)),
-                           torch.from_numpy(np.flatnonzero(fold_of == fold)),
+def _on_device(dataset: data_mod.Dataset, rows: np.ndarray, device: torch.device) -> engine.FoldData:
+    """The run's images, labels and test images on the device, copied once for all folds."""
+    no_rows = torch.zeros(0, dtype=torch.long)
+    return engine.FoldData(torch.from_numpy(dataset.train_images[rows]).to(device),
+                           torch.from_numpy(dataset.train_labels[rows]).to(device), no_rows, no_rows,
                            torch.from_numpy(dataset.test_images).to(device))
+
+
+def _fold_data(tensors: engine.FoldData, fold_of: np.ndarray, fold: int) -> engine.FoldData:
+    return dataclasses.replace(tensors, train_idx=torch.from_numpy(np.flatnonzero(fold_of != fold)),
+                               val_idx=torch.from_numpy(np.flatnonzero(fold_of == fold)))
 
 
 def folds_to_train(cfg: Config) -> list[int]:
@@ -87,13 +92,14 @@ def train(cfg: Config) -> RunResult:
     run_dir, rows, fold_of = _prepare_run(cfg, dataset)
     log(f"device: {device} ({torch.get_num_threads()} threads)  model: {cfg.model}  "
         f"BS {cfg.batch_size} x ACCUM {cfg.accum} = {cfg.effective_batch}  lr {cfg.scaled_lr:.3g}  epochs {cfg.epochs}")
+    tensors = _on_device(dataset, rows, device)
     for fold in folds_to_train(cfg):
         fold_dir = run_dir / f"fold{fold}"
         if (fold_dir / "done.json").is_file():
             log(f"fold {fold}: already finished, skipped")
             continue
         started = time.perf_counter()
-        out = engine.train_fold(cfg, _fold_data(dataset, rows, fold_of, fold, device), fold, fold_dir, device, log)
+        out = engine.train_fold(cfg, _fold_data(tensors, fold_of, fold), fold, fold_dir, device, log)
         _save_fold(fold_dir, out, time.perf_counter() - started)
         fold_acc = float((out.val_probs.argmax(1) == dataset.train_labels[rows][fold_of == fold]).mean())
         log(f"fold {fold}: val accuracy {fold_acc:.4%} in {time.perf_counter() - started:.0f}s")
@@ -167,6 +173,7 @@ def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) ->
     saved = open_run(runs.resolve_run(run, runs_dir), {"tta": tta} if tta is not None else None)
     cfg, run_dir = saved.cfg, saved.run_dir
     device = engine.select_device(cfg.device)
+    tensors = _on_device(saved.dataset, saved.rows, device)
     for k in range(cfg.folds):
         fold_dir = run_dir / f"fold{k}"
         if not (fold_dir / "done.json").is_file():
@@ -174,7 +181,7 @@ def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) ->
         model = load_weights(model_from_config(cfg), fold_dir / "weights.pt").to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        fold = _fold_data(saved.dataset, saved.rows, saved.fold_of, k, device)
+        fold = _fold_data(tensors, saved.fold_of, k)
         val_images = fold.images[fold.val_idx.to(device)]
         fileio.write_npy(fold_dir / "val_probs.npy", engine.predict_proba(model, val_images, cfg, device, cfg.tta))
         fileio.write_npy(fold_dir / "test_probs.npy", engine.predict_proba(model, fold.test_images, cfg, device, cfg.tta))
