@@ -6,6 +6,7 @@ digitrec.data in-process, which is where the CLI's messages come from."""
 from __future__ import annotations
 
 import contextlib
+import os
 import zipfile
 from pathlib import Path
 
@@ -217,4 +218,34 @@ def test_bad_file_leaves_no_cache_entry(demo_dir: Path, lines, tmp_path: Path) -
         assert message == f"{bad / 'sample_submission.csv'}: has 1 rows but test.csv has 450"
         assert not Path("input").exists()
         dataset = data.load(data.Source(demo_dir))
-        assert len(list(Path("input/.cache").iterdir())) == 1 and len(dataset.test_images) == 450
+        assert len(list(Path("input/.cache").glob("*.npz"))) == 1 and len(dataset.test_images) == 450
+
+
+def test_warm_cache_reads_no_csv_and_a_touched_file_reuses_its_content(demo_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size+mtime index spares a warm load the CSV bytes; touching a file re-reads and re-hashes it,
+    finds the same content cached and parses nothing; changing a cell parses (and validates) again."""
+    folder = write_set(tmp_path / "set", demo_dir)
+    monkeypatch.chdir(tmp_path)
+    first = data.load(data.Source(folder))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("should not have been called")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(data.Source, "read", forbidden)
+        warm = data.load(data.Source(folder))
+    assert warm.content_hash == first.content_hash and np.array_equal(warm.train_images, first.train_images)
+
+    train_csv = folder / "train.csv"
+    stat = train_csv.stat()
+    os.utime(train_csv, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with monkeypatch.context() as patch:
+        patch.setattr(data, "parse_all", forbidden)
+        assert data.load(data.Source(folder)).content_hash == first.content_hash
+
+    lines = train_csv.read_bytes().splitlines(keepends=True)
+    lines[1] = b"1" + lines[1][1:] if not lines[1].startswith(b"1,") else b"2" + lines[1][1:]
+    train_csv.write_bytes(b"".join(lines))
+    changed = data.load(data.Source(folder))
+    assert changed.content_hash != first.content_hash and changed.train_labels[0] != first.train_labels[0]

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, clean_env, run_cli
 
-EPOCHS = 3
+EPOCHS = 6  # long enough that a kill up to 2 s after resuming lands before the run ends
 
 
 def train_args(demo_dir: Path) -> list[str]:

@@ -265,15 +265,10 @@ def predict_timings(cfg: Config, test_images: torch.Tensor, device: torch.device
 
 
 def data_timings(source: data_mod.Source, plan: Plan) -> tuple[float, float]:
-    """(cold, cached) seconds: parsing and validating train.csv + test.csv from their bytes (no cache);
-    data.load of all three files once its cache is warm, in a temp working directory."""
-    train_raw, test_raw = source.read("train.csv"), source.read("test.csv")
-
-    def parse() -> None:
-        data_mod.parse_train(train_raw)
-        data_mod.parse_test(test_raw)
-
-    cold = _median_seconds(parse, plan.repeats, torch.device("cpu"), warmup=0)
+    """(cold, cached) seconds: parsing and validating the three files from their bytes (no cache), as
+    data.load does on a first run; data.load once its cache is warm, in a temp working directory."""
+    raws = {name: source.read(name) for name in data_mod.FILES}
+    cold = _median_seconds(lambda: data_mod.parse_all(raws, source), plan.repeats, torch.device("cpu"), warmup=0)
     here = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="digitrec-bench-") as tmp:
         os.chdir(tmp)  # data.load keeps its cache in ./input/.cache

@@ -44,10 +44,22 @@ def to_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 natively: CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or
+    AMX. Elsewhere bf16 is emulated and slower than fp32, so amp=true falls back to fp32 there."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(getattr(cpu, probe, lambda: False)()
+                   for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
 def autocast(device: torch.device, enabled: bool):
-    # bf16 pays on CUDA tensor cores; on this class of CPU it measured no faster for small convs
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast where the hardware has it; the loss and softmax are taken in fp32 by the callers."""
+    if enabled and native_bf16(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 

@@ -6,9 +6,21 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .errors import UserError
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with its mask drawn by torch.rand: on the CPU, bernoulli_ made dropout 9% of a bf16
+    training step, and this forward + backward takes half the time (same inverted-dropout maths)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 class GroupNormCNN(nn.Sequential):
@@ -30,9 +42,9 @@ class GroupNormCNN(nn.Sequential):
 
         w1, w2, w3 = width, 2 * width, 4 * width
         super().__init__(
-            block(1, w1, 3), block(w1, w1, 3), block(w1, w1, 5, stride=2, padding=2), nn.Dropout(dropout),
-            block(w1, w2, 3), block(w2, w2, 3), block(w2, w2, 5, stride=2, padding=2), nn.Dropout(dropout),
-            block(w2, w3, 4), nn.Flatten(), nn.Dropout(dropout), nn.Linear(w3, num_classes),
+            block(1, w1, 3), block(w1, w1, 3), block(w1, w1, 5, stride=2, padding=2), Dropout(dropout),
+            block(w1, w2, 3), block(w2, w2, 3), block(w2, w2, 5, stride=2, padding=2), Dropout(dropout),
+            block(w2, w3, 4), nn.Flatten(), Dropout(dropout), nn.Linear(w3, num_classes),
         )
 
 
