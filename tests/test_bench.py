@@ -12,7 +12,8 @@ from digitrec import bench, cli
 
 FIGURES = ("train_img_per_s", "conventional_img_per_s", "speedup", "flop_limit_fraction", "gemm_gflop_s",
            "train_mflop_per_img", "predict_s_per_fold", "predict_img_per_s", "ensemble_s", "ensemble_img_per_s",
-           "csv_cold_s", "csv_cached_s", "peak_rss_gib")
+           "csv_cold_s", "csv_cached_s", "peak_rss_gib", "conventional_same_precision_img_per_s",
+           "speedup_same_precision", "gemm_bf16_gflop_s", "bf16_limit_fraction")
 
 
 def _record(**figures: float) -> dict:
@@ -37,6 +38,10 @@ def test_quick_bench_writes_json_and_records(demo_dir: Path, workdir: Path, monk
     assert out["device"] == "cpu" and isinstance(out["threads"], int) and out["threads"] >= 1
     assert (out["batch_size"], out["accum"], out["folds"], out["quick"], out["demo"]) == (32, 2, 2, True, True)
     assert out["speedup"] == pytest.approx(out["train_img_per_s"] / out["conventional_img_per_s"], rel=1e-3)
+    assert out["speedup_same_precision"] == pytest.approx(
+        out["train_img_per_s"] / out["conventional_same_precision_img_per_s"], rel=1e-3)
+    assert out["bf16_limit_fraction"] == pytest.approx(
+        out["flop_limit_fraction"] * out["gemm_gflop_s"] / out["gemm_bf16_gflop_s"], rel=1e-3)
     assert out["baseline"] is None and out["regressions"] == []
     assert "train, conventional per-sample path" in stdout and "no figures recorded" in stdout
 

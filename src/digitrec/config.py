@@ -63,7 +63,7 @@ class Config:
     rotate: float = 10.0  # degrees, +-
     scale: float = 0.1  # fraction, +-
     shift: float = 0.1  # fraction of the image side, +-
-    tta: bool = True  # average predictions over the image and four 1-pixel shifts
+    tta: bool = True  # average predictions over nine views: the image, 1-pixel shifts, +-5 deg, +-5% zoom
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast where the hardware computes bf16 natively (CUDA, AVX512-BF16/AMX CPUs)

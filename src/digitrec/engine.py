@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import fileio
-from .augment import random_affine, tta_shifts
+from .augment import random_affine, tta_views
 from .config import Config
 from .errors import TrainingDiverged, UserError
 from .models import model_from_config
@@ -71,7 +71,7 @@ def predict_proba(model: nn.Module, images: torch.Tensor, cfg: Config, device: t
     out = []
     for batch in images.split(cfg.eval_batch_size):
         x = to_input(batch.to(device, non_blocking=True), cfg.channels_last)
-        views = tta_shifts(x) if tta else [x]
+        views = tta_views(x) if tta else [x]
         with autocast(device, cfg.amp):
             probs = sum(F.softmax(model(v).float(), dim=1) for v in views) / len(views)
         out.append(probs.cpu())
