@@ -8,6 +8,7 @@ window at the end of an epoch.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from contextlib import nullcontext
@@ -44,6 +45,7 @@ def to_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+@functools.cache  # asked before every forward pass; the answer never changes within a process
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bf16 natively: CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or
     AMX. Elsewhere bf16 is emulated and slower than fp32, so amp=true falls back to fp32 there."""
@@ -56,9 +58,14 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def uses_bf16(device: torch.device, amp: bool) -> bool:
+    """Whether amp=true means bf16 on this device (the one rule autocast and the bench both follow)."""
+    return amp and native_bf16(device)
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast where the hardware has it; the loss and softmax are taken in fp32 by the callers."""
-    if enabled and native_bf16(device):
+    if uses_bf16(device, enabled):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
