@@ -18,16 +18,19 @@ SETTINGS := $(strip \
   $(if $(BS),BS=$(BS)) $(if $(ACCUM),accum=$(ACCUM)) $(if $(EPOCHS),epochs=$(EPOCHS)) \
   $(if $(FOLDS),folds=$(FOLDS)) $(if $(FOLD),fold=$(FOLD)) $(if $(SEED),seed=$(SEED)) \
   $(if $(DATA),data=$(DATA)) $(if $(NAME),name=$(NAME)) $(if $(LIMIT),limit=$(LIMIT)) \
-  $(if $(MODEL),model=$(MODEL)) $(ARGS))
+  $(if $(MODEL),model=$(MODEL)) $(if $(REFIT),refit=$(REFIT)) $(ARGS))
 RUN_ARG := $(if $(RUN),--run $(RUN))
 CLI := $(PYTHON) -m digitrec
+# NPROC=2: train under torchrun, one process per GPU (or CPU share); TORCHRUN_ARGS adds its other flags
+# (--nnodes=2 --node-rank=0 --rdzv-endpoint=host:29500 ... for several machines)
+TRAIN_CLI := $(if $(NPROC),$(PYTHON) -m torch.distributed.run --nproc-per-node=$(NPROC) $(TORCHRUN_ARGS) -m digitrec,$(CLI))
 
 .PHONY: help setup train predict evaluate sweep bench test download submit scores kernel kernel-push kernel-output clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(ROOT)/pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '$(ROOT)[dev]'
@@ -35,11 +38,11 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(SETUP)  ## create the virtual environment (done by every target on first use)
 
-train: $(SETUP)  ## train CONFIG over FOLDS stratified folds and write a submission (BS= ACCUM= EPOCHS= FOLD= SEED= DATA= NAME= LIMIT=)
-	$(CLI) train --config $(CONFIG) $(SETTINGS)
+train: $(SETUP)  ## train CONFIG over FOLDS stratified folds and write a submission (BS= ACCUM= EPOCHS= FOLD= SEED= DATA= NAME= LIMIT= REFIT= NPROC=)
+	$(TRAIN_CLI) train --config $(CONFIG) $(SETTINGS)
 
-predict: $(SETUP)  ## rebuild a run's submission from its saved weights (RUN=, default newest; TTA=1)
-	$(CLI) predict $(RUN_ARG) $(if $(TTA),--tta)
+predict: $(SETUP)  ## rebuild a run's submission from its saved weights (RUN=, default newest; TTA=1 or TTA=0)
+	$(CLI) predict $(RUN_ARG) $(if $(filter 0 no false,$(TTA)),--no-tta,$(if $(TTA),--tta))
 
 evaluate: $(SETUP)  ## cost and accuracy of a run: evaluation.json, table, confusion and mistakes PNGs (RUN=)
 	$(CLI) evaluate $(RUN_ARG) $(ARGS)

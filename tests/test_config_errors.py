@@ -37,7 +37,7 @@ CASES = {
     "FOLD out of range": (["FOLDS=3", "FOLD=3"], "FOLD (fold) must be in 0..2 for FOLDS=3, got 3"),
     "negative FOLD": (["FOLD=-1"], "FOLD (fold) must be in 0..4 for FOLDS=5, got -1"),
     "negative seed": (["SEED=-1"], "SEED (seed) must be in 0..2**32-1, got -1"),
-    "unknown model": (["MODEL=resnet"], "unknown model 'resnet'; known: gn_cnn, mlp1, mlp2, or timm:<name>"),
+    "unknown model": (["MODEL=resnet"], "unknown model 'resnet'; known: gn_cnn, gn_m3, gn_m5, gn_m7, mlp1, mlp2, or timm:<name>"),
     "tiny LIMIT": (["LIMIT=5", "FOLDS=2"], "LIMIT (limit) must be at least 10 x FOLDS = 20 rows, got 5"),
     "not key=value": (["BS"], "override 'BS' must look like key=value (e.g. BS=128)"),
     "bad name": (["NAME=../elsewhere"], "NAME (name) must be a plain folder name, got '../elsewhere'"),
@@ -94,12 +94,12 @@ def test_cli_config_error_exit_2_one_line_nothing_written_and_debug_traceback(wo
     args = ["train", "--config", str(DEFAULT), "MODEL=resnet", "DATA=does-not-matter"]
     result = run_cli(args, workdir)
     assert result.returncode == 2
-    assert result.stderr == "error: unknown model 'resnet'; known: gn_cnn, mlp1, mlp2, or timm:<name>\n"
+    assert result.stderr == "error: unknown model 'resnet'; known: gn_cnn, gn_m3, gn_m5, gn_m7, mlp1, mlp2, or timm:<name>\n"
     assert result.stdout == ""
     assert sorted(p.name for p in workdir.iterdir()) == ["kaggle-config"]  # no runs/, submissions/, input/
 
     debug = run_cli(["--debug", *args], workdir)
     assert debug.returncode == 1
     assert "Traceback (most recent call last)" in debug.stderr
-    assert debug.stderr.rstrip().endswith("digitrec.errors.UserError: unknown model 'resnet'; known: gn_cnn, mlp1, mlp2, or timm:<name>")
+    assert debug.stderr.rstrip().endswith("digitrec.errors.UserError: unknown model 'resnet'; known: gn_cnn, gn_m3, gn_m5, gn_m7, mlp1, mlp2, or timm:<name>")
     assert sorted(p.name for p in workdir.iterdir()) == ["kaggle-config"]

@@ -74,7 +74,7 @@ def test_evaluate_a_run(workdir: Path, demo_dir: Path, monkeypatch: pytest.Monke
     report = fileio.read_json(workdir / run / "evaluation.json")
     metrics = fileio.read_json(workdir / run / "metrics.json")
     assert report["params"] == 814090 and report["flops_per_image"] == 1626112
-    assert report["size_bytes"] == (workdir / run / "fold0" / "weights.pt").stat().st_size
+    assert report["size_bytes"] == (workdir / run / "fold0" / "m0" / "weights.pt").stat().st_size
     assert report["accuracy"] == metrics["oof"]["accuracy"] and report["oof_rows"] == 150
     assert sum(v["rows"] for v in report["per_class"].values()) == 150
     assert [r["batch"] for r in report["latency"]] == [1, 8]

@@ -34,7 +34,7 @@ def start(demo_dir: Path, cwd: Path) -> subprocess.Popen:
 def wait_for_resume_point(proc: subprocess.Popen, cwd: Path, timeout: float = 120) -> None:
     """Poll until the first epoch of the first fold has saved its resume point."""
     deadline = time.monotonic() + timeout
-    while not list(cwd.glob("runs/*/fold*/resume.pt")):
+    while not list(cwd.glob("runs/*/fold*/m*/resume.pt")):
         if proc.poll() is not None:
             pytest.fail(f"training ended before any resume point: {proc.communicate()[1][-2000:]}")
         if time.monotonic() > deadline:
@@ -84,7 +84,7 @@ def test_ctrl_c_then_sigkill_then_rerun_resumes_exactly(demo_dir: Path, tmp_path
     assert "interrupted: finished folds and the last finished epoch are saved" in err
     assert "run the same command again to resume" in err
     (run,) = (cwd / "runs").iterdir()
-    assert (run / "fold0" / "resume.pt").is_file() and not (run / "metrics.json").exists()
+    assert (run / "fold0" / "m0" / "resume.pt").is_file() and not (run / "metrics.json").exists()
 
     # 2. the same command resumes fold 0 mid-way; SIGKILL it at a random moment after that
     delay = random.uniform(0.0, 2.0)
@@ -98,7 +98,7 @@ def test_ctrl_c_then_sigkill_then_rerun_resumes_exactly(demo_dir: Path, tmp_path
     assert not (run / "metrics.json").exists()
 
     # 3. and once more: finished folds skipped, the unfinished one resumed, the result bit-for-bit the same
-    finished = sorted(p.parent.name for p in run.glob("fold*/done.json"))
+    finished = sorted(p.parent.parent.name for p in run.glob("fold*/m*/done.json"))
     result = run_cli(train_args(demo_dir), cwd)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resuming run {Path('runs', run.name)}" in result.stdout
@@ -110,7 +110,7 @@ def test_ctrl_c_then_sigkill_then_rerun_resumes_exactly(demo_dir: Path, tmp_path
     # CPU, fixed seed: exactly the probabilities of the run that was never interrupted
     assert np.array_equal(oof, ref_oof), f"delay {delay:.2f}s: OOF differs by {np.nanmax(np.abs(oof - ref_oof))}"
     assert np.array_equal(test, ref_test), f"delay {delay:.2f}s: test differs by {np.abs(test - ref_test).max()}"
-    assert not list(run.glob("fold*/resume.pt")) and (run / "metrics.json").is_file()
+    assert not list(run.glob("fold*/m*/resume.pt")) and (run / "metrics.json").is_file()
 
 
 def test_nan_loss_stops_the_fold_with_a_clear_message(demo_dir: Path, tmp_path: Path,

@@ -49,7 +49,7 @@ def test_make_train_then_predict(workdir: Path) -> None:
     folds = np.load(run / "folds.npz")
     assert len(folds["rows"]) == rows and set(folds["fold_of"]) == {0, 1}
     for k in (0, 1):
-        fold = run / f"fold{k}"
+        fold = run / f"fold{k}" / "m0"
         assert not (fold / "resume.pt").exists()  # removed once the fold is done
         assert len(fileio.read_json(fold / "history.json")) == 1
         assert np.load(fold / "test_probs.npy").shape == (test_rows, 10)

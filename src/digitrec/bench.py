@@ -3,7 +3,7 @@ per-sample path and against what the machine can do; one run, a readable table, 
 
 What is measured, each after a warm-up and as the median of several repeats:
   train          images/s of the engine's own training step (engine.train_step, augmentation,
-                 optimizer, LR schedule and EMA, exactly as train_fold runs them) at BS x ACCUM
+                 optimizer, LR schedule and EMA, exactly as train_net runs them) at BS x ACCUM
   conventional   the same model, augmentation, optimizer and loss fed the way most public kernels do:
                  pandas row -> PIL image -> torchvision RandomAffine + ToTensor -> DataLoader(2 workers)
   FLOP limit     fp32 GEMM FLOP/s at the same thread count, and the model's training FLOPs per image
@@ -116,7 +116,7 @@ def machine_id(device: torch.device, threads: int) -> str:
 
 
 def _windows(n: int, window: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless windows of shuffled row indices, a fresh permutation per epoch as train_fold draws them."""
+    """Endless windows of shuffled row indices, a fresh permutation per epoch as train_net draws them."""
     while True:
         perm = torch.randperm(n, generator=generator)
         for start in range(0, n - window + 1, window):

@@ -24,7 +24,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from . import pipeline
 
     result = pipeline.train(_config(args))
-    print(f"submission: {result.submission}")
+    if result.submission is not None:  # under torchrun, rank 0's
+        print(f"submission: {result.submission}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

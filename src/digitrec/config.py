@@ -64,6 +64,13 @@ class Config:
     scale: float = 0.1  # fraction, +-
     shift: float = 0.1  # fraction of the image side, +-
     tta: bool = True  # average predictions over nine views: the image, 1-pixel shifts, +-5 deg, +-5% zoom
+    # --- ensemble (pipeline.py): members trained per fold and in the refit, their probabilities averaged
+    members: list | None = None  # each a mapping of MEMBER_KEYS overriding the settings above; None = one
+    refit: bool = False  # after CV, train every member again on all rows; those nets make the submission
+    # --- processes (distributed.py; started with torchrun / make train NPROC=2)
+    parallel: str = "data"  # data: all ranks train each net (DDP) | folds: ranks take whole nets
+    world_size: int = 1  # data-parallel processes; set from torchrun's WORLD_SIZE, recorded with the run
+    timeout_minutes: float = 10.0  # a collective that waits longer on a lost peer fails instead of hanging
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast where the hardware computes bf16 natively (CUDA, AVX512-BF16/AMX CPUs)
@@ -78,7 +85,9 @@ class Config:
 
     @property
     def effective_batch(self) -> int:
-        return self.batch_size * self.accum
+        """Images per optimizer step: the micro-batch, times the micro-batches accumulated, times the
+        data-parallel processes that each take a shard of the window."""
+        return self.batch_size * self.accum * self.world_size
 
     @property
     def scaled_lr(self) -> float:
@@ -98,6 +107,10 @@ class Config:
 
 KEYS = [f.name for f in fields(Config)]
 _TYPES = typing.get_type_hints(Config)
+# what may differ between the members of an ensemble: the net and how it is trained, not the data or folds
+MEMBER_KEYS = ("model", "width", "groups", "dropout", "epochs", "batch_size", "accum", "optimizer", "lr",
+               "lr_ref_batch", "lr_scaling", "weight_decay", "warmup_epochs", "min_lr_ratio", "label_smoothing",
+               "ema", "ema_decay", "rotate", "scale", "shift", "tta", "seed")
 
 
 def _resolve_key(raw: str) -> str:
@@ -110,8 +123,35 @@ def _resolve_key(raw: str) -> str:
     return key
 
 
+def _members(value: Any, source: str) -> list[dict[str, Any]] | None:
+    """members: a list of mappings of MEMBER_KEYS (YAML text from the command line is parsed first)."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"setting 'members' in {source}: cannot read the value {value!r}") from None
+    if value is None or value == []:
+        return None
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        raise UserError(f"setting 'members' in {source} must be a list of mappings (e.g. - {{model: gn_m5}})")
+    members = []
+    for j, overrides in enumerate(value):
+        where = f"{source}, member {j}"
+        member = {}
+        for raw, item in overrides.items():
+            key = _resolve_key(str(raw))
+            if key not in MEMBER_KEYS:
+                raise UserError(f"setting '{key}' in {where} cannot differ between members; "
+                                f"members may set {', '.join(MEMBER_KEYS)}")
+            member[key] = _coerce(key, item, where)
+        members.append(member)
+    return members
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Check value against the field's type; strings from the command line are parsed as YAML."""
+    if key == "members":
+        return _members(value, source)
     hint = _TYPES[key]
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if isinstance(value, str) and str not in allowed:
@@ -166,11 +206,30 @@ def validate(cfg: Config) -> Config:
          "augmentation needs rotate >= 0, 0 <= scale < 1, 0 <= shift < 1")
     need(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
     need(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
+    need(cfg.parallel in ("data", "folds"), f"parallel must be data or folds, got '{cfg.parallel}'")
+    need(cfg.world_size >= 1, f"world_size must be >= 1, got {cfg.world_size}")
+    need(cfg.timeout_minutes > 0, f"timeout_minutes must be > 0, got {cfg.timeout_minutes}")
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device must be auto, cpu or cuda[:N], got '{cfg.device}'")
     need(bool(cfg.name) and "/" not in cfg.name and not cfg.name.startswith("."),
          f"NAME (name) must be a plain folder name, got '{cfg.name}'")
+    if cfg.members:
+        for j, member in enumerate(member_configs(cfg)):
+            try:
+                validate(member)
+            except UserError as e:
+                raise UserError(f"member {j}: {e}") from None
     return cfg
+
+
+def member_configs(cfg: Config) -> list[Config]:
+    """The ensemble's members as whole configs: the run's settings with each member's overrides. A member
+    that sets no seed gets seed + its index, so repeated members are independent nets, and member 0
+    trains exactly what the same config without members would."""
+    if not cfg.members:
+        return [cfg]
+    return [dataclasses.replace(cfg, members=None, **{"seed": cfg.seed + j, **overrides})
+            for j, overrides in enumerate(cfg.members)]
 
 
 def apply(values: dict[str, Any], cfg: Config, source: str) -> Config:
@@ -214,7 +273,7 @@ def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None =
 def same_training(a: Config, b: Config) -> bool:
     """Whether two configs train the same models (so a run of one may be resumed by the other).
     Settings that only change how progress is shown or where outputs go do not count."""
-    ignore = {"progress", "runs_dir", "submissions_dir", "threads", "eval_batch_size", "tta"}
+    ignore = {"progress", "runs_dir", "submissions_dir", "threads", "eval_batch_size", "tta", "timeout_minutes"}
     da, db = a.to_dict(), b.to_dict()
     return all(da[k] == db[k] for k in KEYS if k not in ignore)
 

@@ -1,4 +1,4 @@
-"""Training and prediction for one fold: the only training loop in the project.
+"""Training and prediction for one net (a fold's member, or a refit member): the only training loop in the project.
 
 The whole training set lives on the device as one uint8 tensor; a batch is an index tensor into it,
 turned to float and augmented on the device in one call. The optimizer steps once per window of
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from . import fileio
 from .augment import random_affine, tta_views
 from .config import Config
+from .distributed import ALONE, Ranks, gather, sum_
 from .errors import TrainingDiverged, UserError
 from .models import model_from_config
 
@@ -74,6 +75,8 @@ def autocast(device: torch.device, enabled: bool):
 def predict_proba(model: nn.Module, images: torch.Tensor, cfg: Config, device: torch.device,
                   tta: bool = False) -> np.ndarray:
     """Softmax probabilities (N, 10) as float32 numpy, in batches of eval_batch_size."""
+    if len(images) == 0:  # a refit's held-out rows
+        return np.zeros((0, 10), dtype=np.float32)
     model.eval()
     out = []
     for batch in images.split(cfg.eval_batch_size):
@@ -104,10 +107,11 @@ class FoldOutput:
 
 
 class Schedule:
-    """How many optimizer steps an epoch has: windows of accum micro-batches, the last one possibly short."""
+    """How many optimizer steps an epoch has: windows of accum micro-batches (on every data-parallel
+    rank), the last one possibly short."""
 
     def __init__(self, n_train: int, cfg: Config):
-        self.window = cfg.batch_size * cfg.accum
+        self.window = cfg.effective_batch
         self.steps_per_epoch = math.ceil(n_train / self.window)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         # a short run (EPOCHS=1) keeps at least half of its steps out of warm-up
@@ -136,31 +140,40 @@ def make_optimizer(model: nn.Module, cfg: Config, schedule: Schedule):
     return optimizer, scheduler
 
 
-def preflight(cfg: Config) -> torch.device:
-    """The device, and the model and optimizer built once, before a run writes anything: a setting
-    only torch or timm can check (device=cuda without CUDA, timm:<name>, optimizer) fails here."""
-    device = select_device(cfg.device)
+def preflight(cfg: Config, device_name: str | None = None) -> torch.device:
+    """The device (cfg.device, or this rank's own), and the model and optimizer built once, before a
+    run writes anything: a setting only torch or timm can check (device=cuda without CUDA,
+    timm:<name>, optimizer) fails here."""
+    device = select_device(device_name or cfg.device)
     model = model_from_config(cfg)
     make_optimizer(model, cfg, Schedule(100 * cfg.effective_batch, cfg))  # 100 steps an epoch: no timm warning
     return device
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: torch.Tensor, data: FoldData,
-               cfg: Config, device: torch.device, augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over `window` (indices of up to batch_size x accum images), as micro-batches.
-    Returns the summed loss and the number of correct predictions, as device tensors (no sync)."""
+               cfg: Config, device: torch.device, augment: bool = True,
+               ranks: Ranks = ALONE) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over `window` (indices of up to BS x ACCUM x WORLD_SIZE images): this rank
+    takes every world-th index, as micro-batches of BS. Returns this rank's summed loss and number of
+    correct predictions, as device tensors (no sync)."""
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    for micro in window.split(cfg.batch_size):
+    micros = window[ranks.rank::ranks.world].split(cfg.batch_size)  # the same count on every rank
+    for i, micro in enumerate(micros):
         micro = micro.to(device, non_blocking=True)
         x = to_input(data.images[micro], cfg.channels_last)
         if augment:
             x = random_affine(x, cfg.rotate, cfg.scale, cfg.shift)
         y = data.labels[micro]
-        with autocast(device, cfg.amp):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="sum")
-        (loss / len(window)).backward()  # the accumulation scaling: one over the window's real size
+        # DDP all-reduces on every backward; the accumulating ones keep their gradients local
+        sync = nullcontext() if ranks.world == 1 or i == len(micros) - 1 else model.no_sync()
+        with sync:
+            with autocast(device, cfg.amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="sum")
+            # the accumulation scaling: one over the window's real size; DDP then averages over the ranks,
+            # which the world factor undoes, so the step is the window's mean gradient on any rank count
+            (loss / len(window) * ranks.world).backward()
         loss_sum += loss.detach()
         correct += (logits.argmax(1) == y).sum()
     optimizer.step()
@@ -189,35 +202,46 @@ def _set_rng_state(state: dict, order: torch.Generator, device: torch.device) ->
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _check_finite(loss: float, which: str, fold: int, epoch: int, cfg: Config) -> None:
-    """A NaN or infinite loss stops the fold before its resume point or predictions are written."""
+def _check_finite(loss: float, which: str, label: str, epoch: int, cfg: Config) -> None:
+    """A NaN or infinite loss stops the unit before its resume point or predictions are written."""
     if not math.isfinite(loss):
         raise TrainingDiverged(
-            f"fold {fold} epoch {epoch + 1}: the {which} loss became {loss} (training diverged); lower lr "
+            f"{label} epoch {epoch + 1}: the {which} loss became {loss} (training diverged); lower lr "
             f"(now {cfg.scaled_lr:.3g}) or raise the effective batch BS x ACCUM (now {cfg.effective_batch})")
 
 
-def train_fold(cfg: Config, data: FoldData, fold: int, fold_dir: Path, device: torch.device,
-               log: Log = print) -> FoldOutput:
-    """Train one fold (resuming from fold_dir/resume.pt when it exists) and predict its val and test rows.
+def train_net(cfg: Config, data: FoldData, seed: int, label: str, unit_dir: Path, device: torch.device,
+              log: Log = print, ranks: Ranks = ALONE) -> FoldOutput:
+    """Train one net on data.train_idx (resuming from unit_dir/resume.pt when it exists) and predict its
+    val rows (none in a refit) and the test rows. `seed` fixes its initialisation and batch order;
+    `label` ("fold 2 member 1", "refit member 0") names it in logs and errors.
 
-    Writes fold_dir/resume.pt after every epoch (everything needed to continue exactly: model,
-    optimizer, scheduler, EMA, RNG states, history) and fold_dir/weights.pt at the end. Windows never
+    Writes unit_dir/resume.pt after every epoch (everything needed to continue exactly: model,
+    optimizer, scheduler, EMA, RNG states, history) and unit_dir/weights.pt at the end. Windows never
     straddle an epoch, so at an epoch boundary the accumulation position is always zero.
+
+    With ranks.world > 1 every rank calls this with the same arguments: the model is wrapped in
+    DistributedDataParallel (which starts every rank from rank 0's weights), all ranks draw the same
+    permutation and each trains on its shard of every window; only rank 0 writes.
     """
     from timm.utils import ModelEmaV3
 
-    torch.manual_seed(cfg.seed * 1000 + fold)
-    order = torch.Generator().manual_seed(cfg.seed * 1000 + fold)
+    torch.manual_seed(seed + 7919 * ranks.rank)  # the ranks' augmentation and dropout draws differ
+    order = torch.Generator().manual_seed(seed)  # the batch order is the same on every rank
     model = model_from_config(cfg).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     schedule = Schedule(len(data.train_idx), cfg)
     optimizer, scheduler = make_optimizer(model, cfg, schedule)
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
-    forward = torch.compile(model) if cfg.compile else model
+    forward = model
+    if ranks.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    resume_path = fold_dir / "resume.pt"
+        forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    forward = torch.compile(forward) if cfg.compile else forward
+
+    resume_path = unit_dir / "resume.pt"
     start_epoch, step, history = 0, 0, []
     if resume_path.exists():
         state = fileio.read_torch(resume_path)
@@ -226,47 +250,57 @@ def train_fold(cfg: Config, data: FoldData, fold: int, fold_dir: Path, device: t
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"], order, device)
+        _set_rng_state(state["rng"][ranks.rank % len(state["rng"])], order, device)
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        log(f"fold {fold}: resuming after epoch {start_epoch}/{cfg.epochs}")
+        log(f"{label}: resuming after epoch {start_epoch}/{cfg.epochs}")
 
-    n_train = len(data.train_idx)
+    # every rank gets the same number of micro-batches per window: the epoch is cut to a multiple of the
+    # world size (at most world - 1 images an epoch, a different few each time)
+    n_train = len(data.train_idx) - len(data.train_idx) % ranks.world
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         model.train()
-        perm = data.train_idx[torch.randperm(n_train, generator=order)]
+        perm = data.train_idx[torch.randperm(len(data.train_idx), generator=order)[:n_train]]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(perm.split(schedule.window), desc=f"fold {fold} epoch {epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+        bar = tqdm(perm.split(schedule.window), desc=f"{label} epoch {epoch + 1}/{cfg.epochs}",
+                   leave=False, disable=not (cfg.progress and ranks.is_main), unit="step", dynamic_ncols=True)
         for window in bar:
-            window_loss, window_correct = train_step(forward, optimizer, window, data, cfg, device)
+            window_loss, window_correct = train_step(forward, optimizer, window, data, cfg, device, ranks=ranks)
             step += 1
             scheduler.step_update(num_updates=step)
             if ema is not None:
                 ema.update(model, step=step)
             loss_sum += window_loss
             correct += window_correct
+        sum_(loss_sum, ranks)  # the epoch's figures over every rank's shard
+        sum_(correct, ranks)
         train_loss = loss_sum.item() / n_train
-        _check_finite(train_loss, "training", fold, epoch, cfg)
-        val_loss, val_acc = _evaluate(ema.module if ema is not None else model, data, cfg, device)
-        _check_finite(val_loss, "validation", fold, epoch, cfg)  # the weights the step left behind
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct.item() / n_train,
-                  "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": time.perf_counter() - started}
+        _check_finite(train_loss, "training", label, epoch, cfg)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct.item() / n_train}
+        line = f"{label} epoch {epoch + 1:>2}/{cfg.epochs}  train loss {train_loss:.4f} acc {record['train_acc']:.2%}"
+        if len(data.val_idx):  # a refit has no held-out rows
+            val_loss, val_acc = _evaluate(ema.module if ema is not None else model, data, cfg, device)
+            _check_finite(val_loss, "validation", label, epoch, cfg)  # the weights the step left behind
+            record.update(val_loss=val_loss, val_acc=val_acc)
+            line += f"  val loss {val_loss:.4f} acc {val_acc:.2%}"
+        record.update(lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started)
         history.append(record)
-        log(f"fold {fold} epoch {epoch + 1:>2}/{cfg.epochs}  train loss {train_loss:.4f} acc {record['train_acc']:.2%}"
-            f"  val loss {val_loss:.4f} acc {val_acc:.2%}  lr {record['lr']:.2e}  {record['seconds']:.1f}s")
-        fileio.write_torch(resume_path, {
-            "epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else {},
-            "rng": _rng_state(order, device), "history": history})
+        rng = gather(_rng_state(order, device), ranks)  # every rank's generators, kept by rank 0
+        if ranks.is_main:
+            log(f"{line}  lr {record['lr']:.2e}  {record['seconds']:.1f}s")
+            fileio.write_torch(resume_path, {
+                "epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+                "rng": rng, "history": history})
 
     final = ema.module if ema is not None else model
-    fileio.write_torch(fold_dir / "weights.pt", final.state_dict())
+    if not ranks.is_main:  # rank 0 predicts and writes; the weights are the same on every rank
+        return FoldOutput(np.zeros((0, 10), np.float32), np.zeros((0, 10), np.float32), history)
+    fileio.write_torch(unit_dir / "weights.pt", final.state_dict())
     val_probs = predict_proba(final, data.images[data.val_idx.to(data.images.device)], cfg, device, cfg.tta)
     test_probs = predict_proba(final, data.test_images, cfg, device, cfg.tta)
     if not (np.isfinite(val_probs).all() and np.isfinite(test_probs).all()):
-        _check_finite(float("nan"), "prediction", fold, cfg.epochs - 1, cfg)
+        _check_finite(float("nan"), "prediction", label, cfg.epochs - 1, cfg)
     return FoldOutput(val_probs, test_probs, history)
 

@@ -30,7 +30,7 @@ from . import config as config_mod
 from . import engine, fileio, pipeline, plots, runs
 from .config import Config
 from .errors import UserError
-from .models import count_parameters, load_weights, model_from_config
+from .models import count_parameters, model_from_config
 
 # Assumed power while the device works flat out, in W: a desktop CPU package under load, and a
 # data-centre GPU board. The real draw varies 2-5x between machines: give yours with power_w=.
@@ -201,8 +201,21 @@ def model_cost(model: nn.Module, device: torch.device, batch_sizes: tuple[int, .
 
 
 def load_fold_model(run_dir: Path, cfg: Config, fold: int, device: torch.device) -> nn.Module:
-    model = load_weights(model_from_config(cfg), run_dir / f"fold{fold}" / "weights.pt").to(device)
-    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+    """Fold `fold`'s net of the run's first ensemble member."""
+    return pipeline.load_net(runs.unit_dir(run_dir, fold, 0), config_mod.member_configs(cfg)[0], device)
+
+
+def ensemble_cost(run_dir: Path, cfg: Config, device: torch.device) -> dict:
+    """What the submission costs per image: every net it averages (test_probs.npy holds one slice per
+    net), each member's parameters and FLOPs counted once on its own model."""
+    members = config_mod.member_configs(cfg)
+    per_member = [{"model": m.model, "width": m.width, "params": count_parameters(model_from_config(m)),
+                   "flops_per_image": flops_per_image(model_from_config(m).to(device), device)} for m in members]
+    nets = int(np.load(run_dir / "test_probs.npy", mmap_mode="r").shape[0])
+    copies = nets // len(members)  # the submission holds each member once per fold, or once (refit)
+    return {"nets_in_submission": nets, "members": per_member,
+            "params": sum(m["params"] for m in per_member) * copies,
+            "flops_per_image": sum(m["flops_per_image"] for m in per_member) * copies}
 
 
 # ---------------------------------------------------------------- readable numbers
@@ -238,9 +251,10 @@ def evaluate_run(run_dir: Path, settings: CostSettings) -> dict:
     done = metrics["folds_done"]
     device = engine.select_device(cfg.device)
 
-    weights = run_dir / f"fold{done[0]}" / "weights.pt"
+    weights = runs.unit_dir(run_dir, done[0], 0) / "weights.pt"
     model = load_fold_model(run_dir, cfg, done[0], device)
     cost = model_cost(model, device, settings.latency_batches, settings, cfg)
+    cost["submission"] = ensemble_cost(run_dir, cfg, device)
     accuracy = metrics["oof"]
     result = {"run": str(run_dir), "model": cfg.model, "data": record["source"], "demo_data": record["demo"],
               "folds_done": done, "folds_total": cfg.folds, "size_bytes": weights.stat().st_size, **cost,
@@ -274,7 +288,8 @@ def evaluate_run(run_dir: Path, settings: CostSettings) -> dict:
 def report(result: dict) -> str:
     method = result["energy_method"]
     first = result["latency"][0]
-    n_models = len(result["folds_done"])
+    sub = result["submission"]
+    n_models = sub["nets_in_submission"]
     summary = markdown_table(
         ["size on disk", "params", "FLOPs / image", f"latency (batch {first['batch']})", "OOF accuracy",
          "energy / inference", "CO2eq / inference"],
@@ -291,9 +306,10 @@ def report(result: dict) -> str:
     return (
         f"# Evaluation of {Path(result['run']).name}\n\n"
         f"Model `{result['model']}`, data {result['data']}; {n_models} of {result['folds_total']} folds "
-        f"trained, accuracy out-of-fold over {result['oof_rows']} rows. Cost of one fold model on "
-        f"{result['device']}; the submission averages {n_models} fold "
-        f"model{'s' if n_models > 1 else ''}, so its inference costs {n_models} x these figures.\n\n{summary}\n"
+        f"trained, accuracy out-of-fold over {result['oof_rows']} rows. Cost of one net (member 0) on "
+        f"{result['device']}; the submission averages {n_models} net{'s' if n_models > 1 else ''} "
+        f"({len(sub['members'])} member{'s' if len(sub['members']) > 1 else ''}): {sub['params']:,} parameters "
+        f"and {sub['flops_per_image']:,} FLOPs per image in all.\n\n{summary}\n"
         f"## Latency by batch size\n\nMedian of up to {max(r['repeats'] for r in result['latency'])} timed calls "
         f"after {result['warmup']} warm-up calls, uint8 images in, probabilities out.\n\n{latency}\n"
         f"## Accuracy per class (out-of-fold)\n\n{per_class}\n"

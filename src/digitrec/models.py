@@ -1,4 +1,4 @@
-"""The model registry: the default GroupNorm CNN, the two MLPs of the batch-size write-up, timm models.
+"""The model registry: the default GroupNorm CNN, three plain conv stacks (3x3 / 5x5 / 7x7), the two MLPs of the batch-size write-up, timm models.
 
 Every model takes (B, 1, 28, 28) float images in [0, 1] and returns (B, 10) logits.
 """
@@ -48,6 +48,37 @@ class GroupNormCNN(nn.Sequential):
         )
 
 
+class PlainConvStack(nn.Sequential):
+    """The no-padding, no-pooling conv stacks of An et al. (2020), "An Ensemble of Simple Convolutional
+    Neural Network Models for MNIST Digit Recognition", with GroupNorm after every convolution:
+
+    gn_m3: ten 3x3 convs, 28 -> 8, channels width x (1, 1.5, 2, ..., 5.5)  (paper: width 32 -> 176)
+    gn_m5: five 5x5 convs, 28 -> 8, channels width x (1, 2, 3, 4, 5)       (paper: width 32 -> 160)
+    gn_m7: four 7x7 convs, 28 -> 4, channels width x (1, 2, 3, 4)          (paper: width 48 -> 192)
+
+    then flatten, dropout and one linear layer. Every conv shrinks the image by kernel - 1, so the
+    receptive field grows without pooling; the three kernel sizes make errors that differ, which is what
+    an ensemble needs.
+    """
+
+    LAYOUTS = {3: (10, 0.5), 5: (5, 1.0), 7: (4, 1.0)}  # kernel -> (convs, channel step as a fraction of width)
+
+    def __init__(self, kernel: int, width: int = 32, groups: int = 8, dropout: float = 0.0, num_classes: int = 10):
+        from timm.layers import ConvNormAct
+
+        convs, step = self.LAYOUTS[kernel]
+        channels = [round(width * (1 + step * i)) for i in range(convs)]
+        layers: list[nn.Module] = []
+        c_in, side = 1, 28
+        for c_out in channels:
+            # GroupNorm needs groups that divide the channels: the largest divisor of c_out up to `groups`
+            n_groups = max(g for g in range(1, groups + 1) if c_out % g == 0)
+            layers.append(ConvNormAct(c_in, c_out, kernel, padding=0, norm_layer="groupnorm",
+                                      norm_kwargs={"num_groups": n_groups}))
+            c_in, side = c_out, side - (kernel - 1)
+        super().__init__(*layers, nn.Flatten(), Dropout(dropout), nn.Linear(c_in * side * side, num_classes))
+
+
 class MLP(nn.Sequential):
     """The batch-size write-up's MLPs: 784-1024-10 (hidden=(1024,)) and 784-1024-1024-10."""
 
@@ -79,6 +110,9 @@ def _timm_model(name: str, groups: int, dropout: float) -> nn.Module:
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "gn_cnn": lambda width, groups, dropout: GroupNormCNN(width, groups, dropout),
+    "gn_m3": lambda width, groups, dropout: PlainConvStack(3, width, groups, dropout),
+    "gn_m5": lambda width, groups, dropout: PlainConvStack(5, width, groups, dropout),
+    "gn_m7": lambda width, groups, dropout: PlainConvStack(7, width, groups, dropout),
     "mlp1": lambda width, groups, dropout: MLP((1024,)),
     "mlp2": lambda width, groups, dropout: MLP((1024, 1024)),
 }

@@ -1,6 +1,9 @@
-"""The run: data -> folds -> one engine call per fold -> OOF metrics -> fold-averaged submission.
+"""The run: data -> folds -> one engine call per net -> OOF metrics -> averaged submission.
 
-Resumable at fold granularity here (finished folds are skipped) and at epoch granularity in the engine.
+A run trains every ensemble member (config `members`; one when unset) on every fold, then, with
+`refit: true`, every member again on all rows. OOF probabilities are the members' average per row; the
+submission averages the refit members (or, without a refit, every fold's members). Resumable per net
+here (finished nets are skipped) and per epoch in the engine.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import config as config_mod
 from . import data as data_mod
-from . import engine, fileio, runs
+from . import distributed, engine, fileio, runs
 from .config import Config
 from .errors import UserError
 from .folds import make_folds, stratified_subset
@@ -67,60 +70,187 @@ def _on_device(dataset: data_mod.Dataset, rows: np.ndarray, device: torch.device
                            torch.from_numpy(dataset.test_images).to(device))
 
 
-def _fold_data(tensors: engine.FoldData, fold_of: np.ndarray, fold: int) -> engine.FoldData:
+def _fold_data(tensors: engine.FoldData, fold_of: np.ndarray, fold: int | None) -> engine.FoldData:
+    """Fold k's split of the run's rows; fold None (the refit) trains on every row and holds none out."""
+    if fold is None:
+        return dataclasses.replace(tensors, train_idx=torch.arange(len(fold_of)), val_idx=torch.zeros(0, dtype=torch.long))
     return dataclasses.replace(tensors, train_idx=torch.from_numpy(np.flatnonzero(fold_of != fold)),
                                val_idx=torch.from_numpy(np.flatnonzero(fold_of == fold)))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One net of a run: ensemble member `member` trained on fold `fold`'s training rows, or on all rows
+    (fold None: the refit)."""
+
+    fold: int | None
+    member: int
+
+    def label(self, n_members: int) -> str:
+        where = f"fold {self.fold}" if self.fold is not None else "refit"
+        return f"{where} member {self.member}" if n_members > 1 else where
+
+    def seed(self, member: Config, folds: int) -> int:
+        # the refit counts as fold number `folds`, so its nets start apart from every CV net
+        return member.seed * 1000 + (self.fold if self.fold is not None else folds)
+
+    def dir(self, run_dir: Path) -> Path:
+        return runs.unit_dir(run_dir, self.fold, self.member)
+
+    def is_done(self, run_dir: Path) -> bool:
+        return (self.dir(run_dir) / "done.json").is_file()
 
 
 def folds_to_train(cfg: Config) -> list[int]:
     return [cfg.fold] if cfg.fold is not None else list(range(cfg.folds))
 
 
-def _save_fold(fold_dir: Path, out: engine.FoldOutput, seconds: float) -> None:
-    fileio.write_npy(fold_dir / "val_probs.npy", out.val_probs)
-    fileio.write_npy(fold_dir / "test_probs.npy", out.test_probs)
-    fileio.write_json(fold_dir / "history.json", out.history)
-    fileio.write_json(fold_dir / "done.json", {"seconds": seconds, "epochs": len(out.history)})
-    (fold_dir / "resume.pt").unlink(missing_ok=True)
+def units_to_train(cfg: Config) -> list[Unit]:
+    """Every member on every fold to train, then (refit: true) every member on all rows."""
+    members = range(len(config_mod.member_configs(cfg)))
+    cv = [Unit(k, j) for k in folds_to_train(cfg) for j in members]
+    return cv + ([Unit(None, j) for j in members] if cfg.refit else [])
+
+
+def _save_unit(unit_dir: Path, out: engine.FoldOutput, seconds: float) -> None:
+    fileio.write_npy(unit_dir / "val_probs.npy", out.val_probs)
+    fileio.write_npy(unit_dir / "test_probs.npy", out.test_probs)
+    fileio.write_json(unit_dir / "history.json", out.history)
+    fileio.write_json(unit_dir / "done.json", {"seconds": seconds, "epochs": len(out.history)})
+    (unit_dir / "resume.pt").unlink(missing_ok=True)
+
+
+def _describe(cfg: Config, members: list[Config]) -> None:
+    per_step = f" x WORLD {cfg.world_size}" if cfg.world_size > 1 else ""
+    log(f"model: {cfg.model}  BS {cfg.batch_size} x ACCUM {cfg.accum}{per_step} = {cfg.effective_batch}  "
+        f"lr {cfg.scaled_lr:.3g}  epochs {cfg.epochs}" + ("  + refit on all rows" if cfg.refit else ""))
+    if cfg.members:
+        for j, (member, overrides) in enumerate(zip(members, cfg.members)):
+            log(f"member {j}: {member.model} width {member.width}, {member.epochs} epochs, seed {member.seed}, "
+                f"lr {member.scaled_lr:.3g}" + (f"  ({', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else ""))
 
 
 def train(cfg: Config) -> RunResult:
+    """Train every net of the run, then build its metrics and submission. Under torchrun (WORLD_SIZE > 1)
+    every rank calls this; rank 0 returns the result, the others a RunResult without a submission."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = engine.preflight(cfg)  # settings, then data, are checked before anything is written
-    dataset = data_mod.load_data(cfg.data, announce=log)
-    run_dir, rows, fold_of = _prepare_run(cfg, dataset)
-    log(f"device: {device} ({torch.get_num_threads()} threads)  model: {cfg.model}  "
-        f"BS {cfg.batch_size} x ACCUM {cfg.accum} = {cfg.effective_batch}  lr {cfg.scaled_lr:.3g}  epochs {cfg.epochs}")
+    ranks = distributed.launched()
+    # the processes that share each net's batch, recorded in config.yaml: the LR rule and the resume check see it
+    cfg = dataclasses.replace(cfg, world_size=ranks.world if cfg.parallel == "data" else 1)
+    # settings, then data, are checked before anything is written
+    device = engine.preflight(cfg, distributed.device_for(cfg.device, ranks))
+    ranks = distributed.start(device, cfg.timeout_minutes)
+    try:
+        with distributed.peers_watched(ranks):
+            return _train(cfg, device, ranks)
+    finally:
+        distributed.stop()
+
+
+def _train(cfg: Config, device: torch.device, ranks: distributed.Ranks) -> RunResult:
+    by_folds = cfg.parallel == "folds" and ranks.world > 1
+    if ranks.is_main:
+        say = log
+    elif by_folds:  # each rank trains nets of its own: its lines, marked
+        say = lambda message: log(f"[rank {ranks.rank}] {message}")  # noqa: E731
+    else:  # data-parallel: rank 0 speaks for all
+        say = _quiet
+    if not ranks.is_main:
+        distributed.barrier(ranks)  # rank 0 unpacks and caches the data first; the others then read it
+    dataset = data_mod.load_data(cfg.data, announce=log if ranks.is_main else _quiet)
+    if ranks.is_main:
+        distributed.barrier(ranks)
+        prepared = _prepare_run(cfg, dataset)
+    run_dir, rows, fold_of = distributed.share(prepared if ranks.is_main else None, ranks)
+    members = config_mod.member_configs(cfg)
+    if ranks.is_main:
+        mode = "one process" if ranks.world == 1 else \
+            f"{ranks.world} processes, {'whole nets per rank' if by_folds else 'data-parallel (DDP)'}"
+        log(f"device: {device} ({torch.get_num_threads()} threads), {mode}")
+        _describe(cfg, members)
     tensors = _on_device(dataset, rows, device)
-    for fold in folds_to_train(cfg):
-        fold_dir = run_dir / f"fold{fold}"
-        if (fold_dir / "done.json").is_file():
-            log(f"fold {fold}: already finished, skipped")
+    labels = dataset.train_labels[rows]
+    units = units_to_train(cfg)
+    mine = units[ranks.rank::ranks.world] if by_folds else units
+    for unit in mine:
+        label = unit.label(len(members))
+        # a data-parallel net is skipped by every rank or by none: rank 0's view of the folder decides
+        done = unit.is_done(run_dir) if by_folds else distributed.share(unit.is_done(run_dir), ranks)
+        if done:
+            say(f"{label}: already finished, skipped")
             continue
         started = time.perf_counter()
-        out = engine.train_fold(cfg, _fold_data(tensors, fold_of, fold), fold, fold_dir, device, log)
-        _save_fold(fold_dir, out, time.perf_counter() - started)
-        fold_acc = float((out.val_probs.argmax(1) == dataset.train_labels[rows][fold_of == fold]).mean())
-        log(f"fold {fold}: val accuracy {fold_acc:.4%} in {time.perf_counter() - started:.0f}s")
-    return finish(run_dir, cfg, dataset.train_labels[rows], fold_of, demo=dataset.demo)
+        member = members[unit.member]
+        out = engine.train_net(member, _fold_data(tensors, fold_of, unit.fold), unit.seed(member, cfg.folds),
+                               label, unit.dir(run_dir), device, say,
+                               ranks=distributed.ALONE if by_folds else ranks)
+        if not (by_folds or ranks.is_main):
+            continue  # a data-parallel net's files are rank 0's to write
+        _save_unit(unit.dir(run_dir), out, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if unit.fold is not None:
+            say(f"{label}: val accuracy {_accuracy(out.val_probs, labels[fold_of == unit.fold]):.4%} in {seconds:.0f}s")
+        else:
+            say(f"{label}: trained on all {len(labels)} rows in {seconds:.0f}s")
+    if not ranks.is_main:
+        return RunResult(run_dir, None, {})
+    if by_folds:
+        _wait_for(units, run_dir)
+    return finish(run_dir, cfg, labels, fold_of, demo=dataset.demo)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _wait_for(units: list[Unit], run_dir: Path, poll_s: float = 2.0) -> None:
+    """Rank 0 of a fold-parallel run, its own nets done, waits for the other ranks' nets. A rank that
+    dies makes torchrun stop this one too, so the wait cannot outlive the job."""
+    waiting = [u for u in units if not u.is_done(run_dir)]
+    if waiting:
+        log(f"waiting for {len(waiting)} net(s) of the other ranks")
+    while waiting:
+        time.sleep(poll_s)
+        waiting = [u for u in waiting if not u.is_done(run_dir)]
+
+
+def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean())
 
 
 def finish(run_dir: Path, cfg: Config, labels: np.ndarray, fold_of: np.ndarray, demo: bool) -> RunResult:
-    """From the finished folds' probabilities: OOF probabilities, metrics.json, and the submission."""
-    done = [k for k in range(cfg.folds) if (run_dir / f"fold{k}" / "done.json").is_file()]
+    """From the finished nets' probabilities: OOF probabilities (each row the average of the members
+    that held it out), metrics.json, and the submission (the refit members' average when the refit is
+    finished, else the average of every fold's members)."""
+    n_members = len(config_mod.member_configs(cfg))
+    done = [k for k in range(cfg.folds) if all(Unit(k, j).is_done(run_dir) for j in range(n_members))]
     if not done:
         raise UserError(f"{run_dir}: no finished fold to build a submission from")
-    oof = np.full((len(labels), 10), np.nan, dtype=np.float32)
-    per_fold = {}
+    member_oof = np.full((n_members, len(labels), 10), np.nan, dtype=np.float32)
     for k in done:
-        val = np.load(run_dir / f"fold{k}" / "val_probs.npy")
-        oof[fold_of == k] = val
-        per_fold[str(k)] = float((val.argmax(1) == labels[fold_of == k]).mean())
-    test = np.stack([np.load(run_dir / f"fold{k}" / "test_probs.npy") for k in done])
+        for j in range(n_members):
+            member_oof[j, fold_of == k] = np.load(Unit(k, j).dir(run_dir) / "val_probs.npy")
+    oof = member_oof.mean(0)
     covered = np.isin(fold_of, done)
+    per_fold = {str(k): _accuracy(oof[fold_of == k], labels[fold_of == k]) for k in done}
     metrics = {"folds_done": done, "folds_total": cfg.folds, "fold_accuracy": per_fold,
                "oof": classification_metrics(labels[covered], oof[covered]), "demo_data": demo}
+    if n_members > 1:  # each member alone, and the ensemble as members are added in order
+        metrics["members"] = [
+            {"settings": cfg.members[j], "oof_accuracy": _accuracy(member_oof[j][covered], labels[covered]),
+             "ensemble_of_first_oof_accuracy": _accuracy(member_oof[: j + 1].mean(0)[covered], labels[covered])}
+            for j in range(n_members)]
+
+    cv_test = np.stack([np.load(Unit(k, j).dir(run_dir) / "test_probs.npy") for k in done for j in range(n_members)])
+    refit_units = [Unit(None, j) for j in range(n_members)]
+    refit_done = cfg.refit and all(u.is_done(run_dir) for u in refit_units)
+    test = np.stack([np.load(u.dir(run_dir) / "test_probs.npy") for u in refit_units]) if refit_done else cv_test
+    metrics["submission_from"] = f"refit: {n_members} net(s) on all rows" if refit_done else \
+        f"cv: {len(cv_test)} fold net(s)"
+    if refit_done:  # how often the refit ensemble and the CV fold ensemble pick the same test label
+        metrics["refit_agrees_with_cv"] = float((test.mean(0).argmax(1) == cv_test.mean(0).argmax(1)).mean())
+    fileio.write_npy(run_dir / "member_oof_probs.npy", member_oof)
     fileio.write_npy(run_dir / "oof_probs.npy", oof)
     fileio.write_npy(run_dir / "test_probs.npy", test)
 
@@ -129,15 +259,18 @@ def finish(run_dir: Path, cfg: Config, labels: np.ndarray, fold_of: np.ndarray, 
     sha = write_submission(make_submission(test), sub_path, expected_rows=test.shape[1])
     fileio.write_json(sub_path.with_suffix(".json"), {
         "run": str(run_dir), "demo_data": demo, "folds": done, "oof_accuracy": metrics["oof"]["accuracy"],
-        "sha256": sha})
+        "submission_from": metrics["submission_from"], "sha256": sha})
     working = runs.kaggle_working()
     if working is not None:  # a Kaggle kernel's output is /kaggle/working/submission.csv
         fileio.write_bytes(working / "submission.csv", sub_path.read_bytes())
     metrics["submission"] = str(sub_path)
     fileio.write_json(run_dir / "metrics.json", metrics)
     oof_acc = metrics["oof"]["accuracy"]
-    log(f"OOF CV accuracy {oof_acc:.4%} over {metrics['oof']['rows']} rows ({len(done)}/{cfg.folds} folds), "
-        f"log-loss {metrics['oof']['log_loss']:.4f}")
+    for j, member in enumerate(metrics.get("members", [])):
+        log(f"member {j}: OOF {member['oof_accuracy']:.4%}; members 0..{j} averaged {member['ensemble_of_first_oof_accuracy']:.4%}")
+    log(f"OOF CV accuracy {oof_acc:.4%} over {metrics['oof']['rows']} rows ({len(done)}/{cfg.folds} folds"
+        f"{f', {n_members} members' if n_members > 1 else ''}), log-loss {metrics['oof']['log_loss']:.4f}; "
+        f"submission from the {metrics['submission_from']}")
     return RunResult(run_dir, sub_path, metrics)
 
 
@@ -169,21 +302,27 @@ def open_run(run_dir: Path, overrides: dict | None = None) -> SavedRun:
 
 
 def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) -> RunResult:
-    """Rebuild a run's fold predictions and submission from its saved weights."""
+    """Rebuild a run's predictions and submission from the saved weights of its finished nets."""
     saved = open_run(runs.resolve_run(run, runs_dir), {"tta": tta} if tta is not None else None)
     cfg, run_dir = saved.cfg, saved.run_dir
     device = engine.select_device(cfg.device)
     tensors = _on_device(saved.dataset, saved.rows, device)
-    for k in range(cfg.folds):
-        fold_dir = run_dir / f"fold{k}"
-        if not (fold_dir / "done.json").is_file():
+    members = config_mod.member_configs(cfg)
+    for unit in [Unit(k, j) for k in range(cfg.folds) for j in range(len(members))] + \
+            [Unit(None, j) for j in range(len(members))]:
+        if not unit.is_done(run_dir):
             continue
-        model = load_weights(model_from_config(cfg), fold_dir / "weights.pt").to(device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        fold = _fold_data(tensors, saved.fold_of, k)
+        member, unit_dir = members[unit.member], unit.dir(run_dir)
+        model = load_net(unit_dir, member, device)
+        fold = _fold_data(tensors, saved.fold_of, unit.fold)
         val_images = fold.images[fold.val_idx.to(device)]
-        fileio.write_npy(fold_dir / "val_probs.npy", engine.predict_proba(model, val_images, cfg, device, cfg.tta))
-        fileio.write_npy(fold_dir / "test_probs.npy", engine.predict_proba(model, fold.test_images, cfg, device, cfg.tta))
-        log(f"fold {k}: predicted from {fold_dir / 'weights.pt'}")
+        fileio.write_npy(unit_dir / "val_probs.npy", engine.predict_proba(model, val_images, member, device, member.tta))
+        fileio.write_npy(unit_dir / "test_probs.npy", engine.predict_proba(model, fold.test_images, member, device, member.tta))
+        log(f"{unit.label(len(members))}: predicted from {unit_dir / 'weights.pt'}")
     return finish(run_dir, cfg, saved.labels, saved.fold_of, demo=saved.dataset.demo)
+
+
+def load_net(unit_dir: Path, member: Config, device: torch.device) -> torch.nn.Module:
+    """A finished net's weights in its member's model, on the device, in the layout it trained in."""
+    model = load_weights(model_from_config(member), unit_dir / "weights.pt").to(device)
+    return model.to(memory_format=torch.channels_last) if member.channels_last else model

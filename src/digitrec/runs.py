@@ -4,10 +4,12 @@ A run folder holds:
   config.yaml          the resolved config
   data.json            where the data came from, its content hash, whether it is the demo set
   folds.npz            rows (indices into train.csv) and fold_of (the fold each row is held out in)
-  fold<k>/             resume.pt while training; then weights.pt, val_probs.npy, test_probs.npy,
-                       history.json and done.json (written last: the fold is finished)
-  oof_probs.npy        out-of-fold probabilities for the rows (NaN where the fold was not trained)
-  test_probs.npy       (folds, test rows, 10)
+  fold<k>/m<j>/        ensemble member j trained on fold k: resume.pt while training; then weights.pt,
+                       val_probs.npy, test_probs.npy, history.json and done.json (written last: done)
+  refit/m<j>/          member j trained on all rows (refit: true); val_probs.npy is empty
+  member_oof_probs.npy (members, rows, 10) out-of-fold probabilities of each member
+  oof_probs.npy        (rows, 10) their average (NaN where the fold was not trained)
+  test_probs.npy       (nets, test rows, 10): the nets the submission averages (refit or fold members)
   metrics.json         CV metrics; written when the run is complete
 """
 from __future__ import annotations
@@ -42,6 +44,11 @@ def new_run_dir(cfg: Config) -> Path:
         run = root / f"{cfg.name}-{stamp}-{suffix}"
     run.mkdir(parents=True)
     return run
+
+
+def unit_dir(run_dir: Path, fold: int | None, member: int) -> Path:
+    """Where one net of a run lives: fold<k>/m<j>, or refit/m<j> for a net trained on all rows."""
+    return run_dir / (f"fold{fold}" if fold is not None else "refit") / f"m{member}"
 
 
 def is_complete(run: Path) -> bool:

@@ -114,7 +114,7 @@ def measure(point: Point, cfg: Config, run_dir: Path, cost_settings: CostSetting
     inference cost of its (first) fold model at batch 1 and at its own batch size."""
     metrics = fileio.read_json(run_dir / "metrics.json")
     done = metrics["folds_done"]
-    histories = [fileio.read_json(run_dir / f"fold{k}" / "history.json") for k in done]
+    histories = [fileio.read_json(runs.unit_dir(run_dir, k, 0) / "history.json") for k in done]
     train_s = sum(epoch["seconds"] for h in histories for epoch in h)
     curve = np.mean([[epoch["val_acc"] for epoch in h] for h in histories], axis=0)  # mean over folds
     device = engine.select_device(cfg.device)

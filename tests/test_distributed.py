@@ -1,0 +1,161 @@
+"""Training over several processes with torchrun, on the CPU with gloo on 127.0.0.1: data-parallel steps
+equal one process's, fold-parallel runs build one submission, a killed rank stops the job with a clear
+message, and a killed job resumes under torchrun."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, clean_env
+from digitrec import config, fileio
+from digitrec.models import model_from_config
+from digitrec.submission import read_submission
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
+            "--master-addr=127.0.0.1", f"--master-port={free_port()}", *args]
+
+
+def env(cwd: Path) -> dict[str, str]:
+    return clean_env(cwd, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+
+
+def train_command(nproc: int, demo_dir: Path, *settings: str) -> list[str]:
+    return torchrun(nproc, "-m", "digitrec", "train", "--config", str(ROOT / "configs" / "default.yaml"),
+                    f"DATA={demo_dir}", "width=8", "progress=false", *settings)
+
+
+def test_two_ranks_of_bs_64_step_like_one_process_of_bs_128(tmp_path: Path) -> None:
+    script = str(ROOT / "tests" / "ddp_step.py")
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.run([sys.executable, script, str(one), "128"], env=env(tmp_path), capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    pair = subprocess.run(torchrun(2, script, str(two), "64"), env=env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert pair.returncode == 0, pair.stderr[-3000:]
+    a, b = fileio.read_torch(one / "weights.pt"), fileio.read_torch(two / "weights.pt")
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, rtol=0, atol=1e-5, msg=f"{name} differs")
+    # 448 rows / (2 x 64) = 4 steps: the weights must have moved for "equal" to mean much
+    torch.manual_seed(3)
+    init = model_from_config(config.load(None, dict(width=8, dropout=0.0))).state_dict()
+    assert max((a[k].float() - init[k].float()).abs().max().item() for k in a) > 1e-3
+
+
+def test_make_train_nproc_2_is_data_parallel(workdir: Path, demo_dir: Path) -> None:
+    command = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "train", f"PYTHON={sys.executable}",
+               "NPROC=2", f"TORCHRUN_ARGS=--master-addr=127.0.0.1 --master-port={free_port()}", f"DATA={demo_dir}",
+               "LIMIT=400", "FOLDS=2", "EPOCHS=2", "BS=32", "ACCUM=2", "ARGS=progress=false width=8"]
+    result = subprocess.run(command, cwd=workdir, env=env(workdir), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes, data-parallel (DDP)" in result.stdout
+    assert "BS 32 x ACCUM 2 x WORLD 2 = 128" in result.stdout and "lr 0.003 " in result.stdout  # 128: the ref batch
+    assert result.stdout.count("fold 0 epoch  1/2") == 1  # rank 0 alone logs
+    assert result.stdout.count("submission: ") == 1
+    (run,) = (workdir / "runs").iterdir()
+    assert yaml.safe_load((run / "config.yaml").read_text())["world_size"] == 2
+    assert fileio.read_json(run / "metrics.json")["oof"]["rows"] == 400
+    (submission,) = (workdir / "submissions").glob("*.csv")
+    read_submission(submission, expected_rows=fileio.read_json(run / "data.json")["test_rows"])
+
+
+def test_fold_parallel_ranks_take_whole_nets(workdir: Path, demo_dir: Path) -> None:
+    result = subprocess.run(train_command(2, demo_dir, "LIMIT=300", "FOLDS=3", "EPOCHS=1", "parallel=folds",
+                                          "refit=true"), cwd=workdir, env=env(workdir), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes, whole nets per rank" in result.stdout
+    # four nets (3 folds + the refit) dealt out: rank 0 takes fold 0 and fold 2, rank 1 fold 1 and the refit
+    assert "[rank 1] fold 1: val accuracy" in result.stdout and "[rank 1] refit: trained" in result.stdout
+    assert "fold 0: val accuracy" in result.stdout and "[rank 1] fold 0" not in result.stdout
+    (run,) = (workdir / "runs").iterdir()
+    assert yaml.safe_load((run / "config.yaml").read_text())["world_size"] == 1  # each net: one process
+    metrics = fileio.read_json(run / "metrics.json")
+    assert metrics["folds_done"] == [0, 1, 2] and metrics["submission_from"].startswith("refit")
+    assert result.stdout.count("submission: ") == 1
+
+
+def _worker_pids(agent: subprocess.Popen) -> dict[int, int]:
+    """rank -> pid of torchrun's worker processes, read from their environment."""
+    pids = {}
+    for pid in subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        rank = [e for e in environ if e.startswith(b"RANK=")]
+        if rank:
+            pids[int(rank[0][5:])] = int(pid)
+    return pids
+
+
+def _start_long_run(workdir: Path, demo_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(train_command(2, demo_dir, "FOLDS=2", "EPOCHS=40", "NAME=long"), cwd=workdir,
+                            env=env(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(pattern: str, workdir: Path, agent: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not list(workdir.glob(pattern)):
+        if agent.poll() is not None:
+            pytest.fail(f"the job ended early: {agent.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            for pid in [*_worker_pids(agent).values(), agent.pid]:
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"no {pattern} appeared")
+        time.sleep(0.05)
+
+
+def test_a_killed_rank_stops_the_job_with_a_message(workdir: Path, demo_dir: Path) -> None:
+    agent = _start_long_run(workdir, demo_dir)
+    try:
+        _wait_for("runs/*/fold0/m0/resume.pt", workdir, agent)
+        os.kill(_worker_pids(agent)[1], signal.SIGKILL)
+        _, stderr = agent.communicate(timeout=90)  # no hang: the whole job is down well within this
+    finally:
+        for pid in [*_worker_pids(agent).values(), agent.pid] if agent.poll() is None else []:
+            os.kill(pid, signal.SIGKILL)
+    assert agent.returncode != 0
+    assert "rank      : 1" in stderr and "SIGKILL" in stderr  # torchrun names the rank that died, and how
+    # and rank 0 says why it stopped: its collective failed, or torchrun's SIGTERM reached it first
+    assert "error: rank 0: " in stderr and "rerun the same command to resume" in stderr
+
+
+def test_a_killed_job_resumes_under_torchrun(workdir: Path, demo_dir: Path) -> None:
+    agent = _start_long_run(workdir, demo_dir)
+    try:
+        _wait_for("runs/*/fold1/m0/resume.pt", workdir, agent, timeout=240)  # fold 0 finished, fold 1 started
+    finally:  # kill -9 of the job: the agent and both ranks (torchrun starts them in sessions of their own)
+        for pid in [*_worker_pids(agent).values(), agent.pid]:
+            os.kill(pid, signal.SIGKILL)
+        agent.communicate()
+    (run,) = (workdir / "runs").iterdir()
+    finished = (run / "fold0" / "m0" / "done.json").stat().st_mtime_ns
+    resumed = subprocess.run(train_command(2, demo_dir, "FOLDS=2", "EPOCHS=40", "NAME=long"), cwd=workdir,
+                             env=env(workdir), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming run {Path('runs', run.name)}" in resumed.stdout
+    assert "fold 0: already finished, skipped" in resumed.stdout and "fold 1: resuming after epoch" in resumed.stdout
+    assert [p.name for p in (workdir / "runs").iterdir()] == [run.name]
+    assert (run / "fold0" / "m0" / "done.json").stat().st_mtime_ns == finished  # kept, not retrained
+    assert np.isfinite(np.load(run / "oof_probs.npy")).all() and (run / "metrics.json").is_file()
