@@ -209,8 +209,11 @@ def ensemble_cost(run_dir: Path, cfg: Config, device: torch.device) -> dict:
     """What the submission costs per image: every net it averages (test_probs.npy holds one slice per
     net), each member's parameters and FLOPs counted once on its own model."""
     members = config_mod.member_configs(cfg)
-    per_member = [{"model": m.model, "width": m.width, "params": count_parameters(model_from_config(m)),
-                   "flops_per_image": flops_per_image(model_from_config(m).to(device), device)} for m in members]
+    per_member = []
+    for member in members:
+        model = model_from_config(member).to(device)
+        per_member.append({"model": member.model, "width": member.width, "params": count_parameters(model),
+                           "flops_per_image": flops_per_image(model, device)})
     nets = int(np.load(run_dir / "test_probs.npy", mmap_mode="r").shape[0])
     copies = nets // len(members)  # the submission holds each member once per fold, or once (refit)
     return {"nets_in_submission": nets, "members": per_member,

@@ -105,11 +105,11 @@ def folds_to_train(cfg: Config) -> list[int]:
     return [cfg.fold] if cfg.fold is not None else list(range(cfg.folds))
 
 
-def units_to_train(cfg: Config) -> list[Unit]:
-    """Every member on every fold to train, then (refit: true) every member on all rows."""
+def units_to_train(cfg: Config, folds: list[int] | None = None, refit: bool | None = None) -> list[Unit]:
+    """Every member on every fold to train (or on `folds`), then (refit: true) every member on all rows."""
     members = range(len(config_mod.member_configs(cfg)))
-    cv = [Unit(k, j) for k in folds_to_train(cfg) for j in members]
-    return cv + ([Unit(None, j) for j in members] if cfg.refit else [])
+    cv = [Unit(k, j) for k in (folds_to_train(cfg) if folds is None else folds) for j in members]
+    return cv + ([Unit(None, j) for j in members] if (cfg.refit if refit is None else refit) else [])
 
 
 def _save_unit(unit_dir: Path, out: engine.FoldOutput, seconds: float) -> None:
@@ -187,8 +187,8 @@ def _train(cfg: Config, device: torch.device, ranks: distributed.Ranks) -> RunRe
                                ranks=distributed.ALONE if by_folds else ranks)
         if not (by_folds or ranks.is_main):
             continue  # a data-parallel net's files are rank 0's to write
-        _save_unit(unit.dir(run_dir), out, time.perf_counter() - started)
         seconds = time.perf_counter() - started
+        _save_unit(unit.dir(run_dir), out, seconds)
         if unit.fold is not None:
             say(f"{label}: val accuracy {_accuracy(out.val_probs, labels[fold_of == unit.fold]):.4%} in {seconds:.0f}s")
         else:
@@ -308,8 +308,7 @@ def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) ->
     device = engine.select_device(cfg.device)
     tensors = _on_device(saved.dataset, saved.rows, device)
     members = config_mod.member_configs(cfg)
-    for unit in [Unit(k, j) for k in range(cfg.folds) for j in range(len(members))] + \
-            [Unit(None, j) for j in range(len(members))]:
+    for unit in units_to_train(cfg, folds=list(range(cfg.folds)), refit=True):  # every net that may exist
         if not unit.is_done(run_dir):
             continue
         member, unit_dir = members[unit.member], unit.dir(run_dir)
