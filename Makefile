@@ -47,9 +47,10 @@ predict: $(SETUP)  ## rebuild a run's submission from its saved weights (RUN=, d
 evaluate: $(SETUP)  ## cost and accuracy of a run: evaluation.json, table, confusion and mistakes PNGs (RUN=)
 	$(CLI) evaluate $(RUN_ARG) $(ARGS)
 
-sweep: $(SETUP)  ## a study: STUDY=batch MODEL= BATCH_SIZES="..." | STUDY=accum BS= ACCUMS="..." (EPOCHS= LIMIT= FOLDS= OUT=)
+sweep: $(SETUP)  ## a study: STUDY=batch MODEL= BATCH_SIZES="..." | STUDY=accum or norm BS= ACCUMS="..." (ARMS="rule fixed" SEEDS="42 43" EPOCHS= LIMIT= FOLDS= OUT=)
 	$(CLI) sweep $(strip $(if $(STUDY),study=$(STUDY)) $(if $(MODEL),model=$(MODEL)) \
 	  $(if $(BATCH_SIZES),batch_sizes="$(BATCH_SIZES)") $(if $(ACCUMS),accums="$(ACCUMS)") $(if $(BS),bs=$(BS)) \
+	  $(if $(ARMS),arms="$(ARMS)") $(if $(SEEDS),seeds="$(SEEDS)") \
 	  $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(LIMIT),limit=$(LIMIT)) $(if $(FOLDS),folds=$(FOLDS)) \
 	  $(if $(DATA),data=$(DATA)) $(if $(OUT),out=$(OUT)) $(ARGS))
 
@@ -78,4 +79,4 @@ test: $(SETUP)  ## run the test suite
 	$(PYTHON) -m pytest -q $(ROOT)/tests
 
 clean:  ## remove the virtual environment and caches (runs/ and submissions/ are kept)
-	rm -rf $(VENV) input/.cache .pytest_cache
+	rm -rf $(VENV) $(ROOT)/input/.cache .pytest_cache

@@ -1,7 +1,9 @@
 """Shared fixtures. Tests make their own small data; those that need the real archive skip without it.
 
-Every CLI run happens in a temp working directory, so input/, runs/ and submissions/ of the checkout
-are never touched, and with KAGGLE_CONFIG_DIR in a temp dir so no real credentials are ever read.
+Every CLI run happens in a temp working directory that is also its project root (DIGITREC_ROOT), so
+input/, runs/ and submissions/ of the checkout are never touched, and with KAGGLE_CONFIG_DIR in a temp
+dir so no real credentials are ever read. In-process tests get DIGITREC_ROOT=".": the project is
+whichever folder a test has changed into.
 """
 from __future__ import annotations
 
@@ -18,12 +20,12 @@ REAL_ZIP = ROOT.parent / "shared" / "data" / "digit-recognizer.zip"
 
 
 def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
-    """The environment for a CLI subprocess: our package importable, no Kaggle credentials, one thread
-    per process would be too slow, so torch keeps its default."""
+    """The environment for a CLI subprocess: our package importable, tmp its project root, no Kaggle
+    credentials; one thread per process would be too slow, so torch keeps its default."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
     config_dir = tmp / "kaggle-config"
     config_dir.mkdir(exist_ok=True)
-    env.update(PYTHONPATH=str(SRC), KAGGLE_CONFIG_DIR=str(config_dir), PYTHONUNBUFFERED="1")
+    env.update(PYTHONPATH=str(SRC), KAGGLE_CONFIG_DIR=str(config_dir), PYTHONUNBUFFERED="1", DIGITREC_ROOT=str(tmp))
     env.update(extra)
     return env
 
@@ -32,6 +34,15 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, **env: str) -> sub
     """`python -m digitrec ARGS` in cwd; returns the completed process (check .returncode yourself)."""
     return subprocess.run([sys.executable, "-m", "digitrec", *args], cwd=cwd, env=clean_env(cwd, **env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _project_is_the_current_folder():
+    """Relative paths (input/.cache, runs/, submissions/) land where a test has changed into, never in the
+    checkout's own folders."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DIGITREC_ROOT", ".")
+        yield
 
 
 @pytest.fixture(autouse=True)

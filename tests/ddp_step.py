@@ -25,8 +25,7 @@ def main(out: str, batch_size: int) -> None:
     images = torch.randint(0, 256, (512, 28, 28), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (512,), generator=generator)
     data = engine.FoldData(images, labels, torch.arange(448), torch.arange(448, 512), images[:16])
-    engine.train_net(cfg, data, seed=3, label="fold 0", unit_dir=Path(out), device=device,
-                     log=lambda _: None, ranks=ranks)
+    engine.train_net(cfg, data, seed=3, label="fold 0", unit_dir=Path(out), device=device, ranks=ranks)
     distributed.stop()
 
 

@@ -52,6 +52,24 @@ def test_schedule_counts_optimizer_steps_including_the_partial_window() -> None:
     assert schedule.total_steps == 24 and schedule.warmup_steps == 8
 
 
+@pytest.mark.parametrize("epochs, warmup_epochs, warmup_steps", [(3, 0.5, 4), (1, 1.0, 3)])
+def test_lr_warms_up_then_follows_a_cosine_per_optimizer_step(epochs: int, warmup_epochs: float,
+                                                              warmup_steps: int) -> None:
+    # 7 steps an epoch: 0.5 epoch of warm-up rounds to 4 steps; a 1-epoch run keeps half of its 7 steps out of it
+    cfg = config.load(None, dict(batch_size=16, accum=8, epochs=epochs, warmup_epochs=warmup_epochs, width=8))
+    schedule = engine.Schedule(7 * cfg.effective_batch, cfg)
+    optimizer, scheduler = engine.make_optimizer(torch.nn.Linear(2, 2), cfg, schedule)
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for step in range(1, schedule.total_steps + 1):
+        scheduler.step_update(num_updates=step)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    lr, low, w, total = cfg.scaled_lr, cfg.scaled_lr * cfg.min_lr_ratio, schedule.warmup_steps, schedule.total_steps
+    assert w == warmup_steps and total == 7 * epochs
+    expected = [lr * 0.01 + (lr - lr * 0.01) * t / w for t in range(w)]  # from lr / 100, linearly
+    expected += [low + (lr - low) * (1 + math.cos(math.pi * (t - w) / (total - w))) / 2 for t in range(w, total + 1)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+
+
 def test_lr_rule_follows_the_effective_batch() -> None:
     base = dict(lr=0.004, lr_ref_batch=128)
     assert config.load(None, dict(base, batch_size=128, accum=8)).scaled_lr == pytest.approx(0.004 * math.sqrt(8))

@@ -5,7 +5,6 @@ One CLI run proves the exit code and the single line end to end (--debug: test_c
 digitrec.data in-process, which is where the CLI's messages come from."""
 from __future__ import annotations
 
-import contextlib
 import os
 import zipfile
 from pathlib import Path
@@ -14,11 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
-from digitrec import data
+from digitrec import competition, config, data, runs
 from digitrec.errors import UserError
 
-TRAIN_HEADER = ",".join(data.TRAIN_HEADER)
-TEST_HEADER = ",".join(data.TEST_HEADER)
+TRAIN_HEADER = ",".join(competition.TRAIN_HEADER)
+TEST_HEADER = ",".join(competition.TEST_HEADER)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +56,7 @@ def written(cwd: Path) -> list[Path]:
 
 def write_set(folder: Path, demo_dir: Path, **replace: bytes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for name in data.FILES:
+    for name in competition.FILES:
         key = name.removesuffix(".csv")
         (folder / name).write_bytes(replace.get(key, (demo_dir / name).read_bytes()))
     return folder
@@ -79,6 +78,19 @@ def test_cli_bad_cell_is_one_line_exit_2_and_nothing_written(demo_dir: Path, lin
 
 def test_missing_data_path() -> None:
     assert refused(data.locate, "nowhere/digits.zip") == "DATA=nowhere/digits.zip: no such folder or zip"
+
+
+def test_relative_paths_are_the_project_roots(demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DATA=, runs_dir and the data cache resolve from DIGITREC_ROOT (else the checkout), not the cwd."""
+    monkeypatch.setenv("DIGITREC_ROOT", str(tmp_path))
+    assert data.locate(None) is None  # nothing local here
+    write_set(tmp_path / "mine", demo_dir)
+    assert data.locate("mine").path == tmp_path / "mine"
+    assert data.cache_dir() == tmp_path / "input" / ".cache"
+    assert runs.runs_root(config.Config()) == tmp_path / "runs"
+    assert runs.submissions_root(config.Config(submissions_dir="/elsewhere/subs")) == Path("/elsewhere/subs")
+    monkeypatch.delenv("DIGITREC_ROOT")
+    assert competition.project_root() == ROOT  # the checkout that holds the package
 
 
 # ---------------------------------------------------------------- the catalogue, in-process
@@ -195,7 +207,7 @@ def test_zip_without_the_expected_members(demo_dir: Path, tmp_path: Path) -> Non
 def test_zip_with_members_in_a_folder_loads(demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = tmp_path / "digits.zip"
     with zipfile.ZipFile(archive, "w") as z:
-        for name in data.FILES:
+        for name in competition.FILES:
             z.write(demo_dir / name, f"digit-recognizer/{name}")
     monkeypatch.chdir(tmp_path)
     assert len(data.load(data.locate(str(archive))).train_labels) == 1347
@@ -211,14 +223,12 @@ def test_bad_file_leaves_no_cache_entry(demo_dir: Path, lines, tmp_path: Path) -
     """Validation runs before the cache write; a good set is cached, a bad one never is."""
     bad = write_set(tmp_path / "bad", demo_dir,
                     sample_submission=b"ImageId,Label\n1,0\n")  # 1 row, test.csv has 450
-    work = tmp_path / "work"
-    work.mkdir()
-    with contextlib.chdir(work):
-        message = refused(data.load, data.Source(bad))
-        assert message == f"{bad / 'sample_submission.csv'}: has 1 rows but test.csv has 450"
-        assert not Path("input").exists()
-        dataset = data.load(data.Source(demo_dir))
-        assert len(list(Path("input/.cache").glob("*.npz"))) == 1 and len(dataset.test_images) == 450
+    cache = tmp_path / "cache"
+    message = refused(data.load, data.Source(bad), cache)
+    assert message == f"{bad / 'sample_submission.csv'}: has 1 rows but test.csv has 450"
+    assert not cache.exists()
+    dataset = data.load(data.Source(demo_dir), cache)
+    assert len(list(cache.glob("*.npz"))) == 1 and len(dataset.test_images) == 450
 
 
 def test_warm_cache_reads_no_csv_and_a_touched_file_reuses_its_content(demo_dir: Path, tmp_path: Path,

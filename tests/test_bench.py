@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from digitrec import bench, cli
+from digitrec import bench, cli, settings
 
 FIGURES = ("train_img_per_s", "conventional_img_per_s", "speedup", "flop_limit_fraction", "gemm_gflop_s",
            "train_mflop_per_img", "predict_s_per_fold", "predict_img_per_s", "ensemble_s", "ensemble_img_per_s",
@@ -102,5 +102,7 @@ def test_record_keeps_other_machines(tmp_path: Path) -> None:
 
 
 def test_settings_split_between_bench_and_config() -> None:
-    ours, rest = bench._split_settings(["quick=1", "BS=64", "record=1", "results=x.json", "threads=2"])
-    assert ours == {"quick": "1", "record": "1", "results": "x.json"} and rest == ["BS=64", "threads=2"]
+    items = settings.parse_items(["quick=1", "BS=64", "record=1", "results=x.json", "threads=2"])
+    ours = settings.take(bench.BenchSettings, items)
+    assert ours == bench.BenchSettings(quick=True, record=True, results="x.json")
+    assert items == {"bs": "64", "threads": "2"}  # the config's, handed on

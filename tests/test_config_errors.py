@@ -39,7 +39,7 @@ CASES = {
     "negative seed": (["SEED=-1"], "SEED (seed) must be in 0..2**32-1, got -1"),
     "unknown model": (["MODEL=resnet"], "unknown model 'resnet'; known: gn_cnn, gn_m3, gn_m5, gn_m7, mlp1, mlp2, or timm:<name>"),
     "tiny LIMIT": (["LIMIT=5", "FOLDS=2"], "LIMIT (limit) must be at least 10 x FOLDS = 20 rows, got 5"),
-    "not key=value": (["BS"], "override 'BS' must look like key=value (e.g. BS=128)"),
+    "not key=value": (["BS"], "setting 'BS' must look like KEY=VALUE (e.g. BS=128)"),
     "bad name": (["NAME=../elsewhere"], "NAME (name) must be a plain folder name, got '../elsewhere'"),
     "zero lr": (["lr=0"], "lr must be > 0, got 0.0"),
     "unknown device": (["device=tpu"], "device must be auto, cpu or cuda[:N], got 'tpu'"),

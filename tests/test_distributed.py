@@ -154,7 +154,7 @@ def test_a_killed_job_resumes_under_torchrun(workdir: Path, demo_dir: Path) -> N
     resumed = subprocess.run(train_command(2, demo_dir, "FOLDS=2", "EPOCHS=40", "NAME=long"), cwd=workdir,
                              env=env(workdir), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming run {Path('runs', run.name)}" in resumed.stdout
+    assert f"resuming run {workdir / 'runs' / run.name}" in resumed.stdout
     assert "fold 0: already finished, skipped" in resumed.stdout and "fold 1: resuming after epoch" in resumed.stdout
     assert [p.name for p in (workdir / "runs").iterdir()] == [run.name]
     assert (run / "fold0" / "m0" / "done.json").stat().st_mtime_ns == finished  # kept, not retrained

@@ -104,7 +104,7 @@ def test_bad_members_are_refused_by_name(members: str, expected: str) -> None:
 
 
 def test_the_cost_of_the_submission_counts_every_net(ensemble_run) -> None:
-    from digitrec.evaluation import ensemble_cost
+    from digitrec.cost import ensemble_cost
     from digitrec.models import count_parameters, model_from_config
 
     cfg, result = ensemble_run

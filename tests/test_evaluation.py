@@ -1,4 +1,4 @@
-"""Model cost against hand-computed values, and `evaluate` end to end on a tiny run of the demo set."""
+"""Model cost (cost.py) against hand-computed values, and `evaluate` end to end on a tiny run of the demo set."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from conftest import run_cli
-from digitrec import config, evaluation, fileio, pipeline
+from digitrec import config, cost, evaluation, fileio, pipeline, settings
 from digitrec.errors import UserError
 from digitrec.models import build_model, count_parameters
 
@@ -19,8 +19,8 @@ CPU = torch.device("cpu")
 def test_cost_of_one_linear_layer_matches_hand_computed_values(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     assert count_parameters(model) == 784 * 10 + 10 == 7850
-    assert evaluation.tensor_bytes(model) == 7850 * 4  # float32
-    assert evaluation.flops_per_image(model, CPU) == 2 * 784 * 10  # one multiply-add = 2 FLOPs; bias not counted
+    assert cost.tensor_bytes(model) == 7850 * 4  # float32
+    assert cost.flops_per_image(model, CPU) == 2 * 784 * 10  # one multiply-add = 2 FLOPs; bias not counted
     # on disk: the tensors plus torch.save's zip container, which is small
     size = fileio.write_torch(tmp_path / "weights.pt", model.state_dict()).stat().st_size
     assert 7850 * 4 < size < 7850 * 4 + 4096
@@ -30,16 +30,16 @@ def test_the_mlps_cost_what_the_write_up_reports() -> None:
     # the write-up: {'params': 814090, 'flops': 1626112} for 784-1024-10
     mlp1, mlp2 = build_model("mlp1"), build_model("mlp2")
     assert count_parameters(mlp1) == 784 * 1024 + 1024 + 1024 * 10 + 10 == 814090
-    assert evaluation.flops_per_image(mlp1, CPU) == 2 * (784 * 1024 + 1024 * 10) == 1626112
+    assert cost.flops_per_image(mlp1, CPU) == 2 * (784 * 1024 + 1024 * 10) == 1626112
     assert count_parameters(mlp2) == 814090 + 1024 * 1024 + 1024
-    assert evaluation.flops_per_image(mlp2, CPU) == 1626112 + 2 * 1024 * 1024
+    assert cost.flops_per_image(mlp2, CPU) == 1626112 + 2 * 1024 * 1024
 
 
 def test_energy_and_latency_arithmetic() -> None:
-    joules, grams = evaluation.energy(2e-3, power_w=50.0, grid_g_per_kwh=360.0)
+    joules, grams = cost.energy(2e-3, power_w=50.0, grid_g_per_kwh=360.0)
     assert joules == pytest.approx(0.1) and grams == pytest.approx(0.1 / 3.6e6 * 360.0)
-    settings = evaluation.CostSettings(warmup=1, repeats=3, power_w=10.0, grid_g_per_kwh=500.0)
-    rows = evaluation.measure_latency(build_model("mlp1"), CPU, (1, 4), settings, channels_last=False)
+    settings = cost.CostSettings(warmup=1, repeats=3, max_seconds=1.0, power_w=10.0, grid_g_per_kwh=500.0)
+    rows = cost.measure_latency(build_model("mlp1"), CPU, (1, 4), settings, channels_last=False)
     assert [r["batch"] for r in rows] == [1, 4]
     for r in rows:
         assert r["repeats"] >= 3 and r["batch_seconds"] > 0
@@ -50,16 +50,17 @@ def test_energy_and_latency_arithmetic() -> None:
 
 
 def test_readable_units_and_settings() -> None:
+    assert settings.take(cost.CostSettings, {"device": "cpu"}).device == "cpu"
     assert evaluation.human(2.38e-5, "s") == "23.8 μs"
     assert evaluation.human(9.8e6, "B") == "9.8 MB"
     assert evaluation.human(2.716e-4, "gCO2eq") == "272 μgCO2eq"
     items = {"latency_batches": "1, 16 64", "power_w": "30", "other": "x"}
-    settings = evaluation.take_settings(evaluation.CostSettings, items)
-    assert settings.latency_batches == (1, 16, 64) and settings.power_w == 30.0 and items == {"other": "x"}
+    taken = settings.take(cost.CostSettings, items)
+    assert taken.latency_batches == (1, 16, 64) and taken.power_w == 30.0 and items == {"other": "x"}
     with pytest.raises(UserError, match="latency_batches"):
-        evaluation.take_settings(evaluation.CostSettings, {"latency_batches": "1 0"})
-    with pytest.raises(UserError, match="repeats must be int"):
-        evaluation.take_settings(evaluation.CostSettings, {"repeats": "many"})
+        settings.take(cost.CostSettings, {"latency_batches": "1 0"})
+    with pytest.raises(UserError, match="setting 'repeats' in the command line must be int"):
+        settings.take(cost.CostSettings, {"repeats": "many"})
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""download / submit / scores / kernel push+output against a fake Kaggle API, driven by the real client.
+"""download / submit / scores / kernel push+output against a fake Kaggle API, driven by the real client;
+and where `make train` gets its data when there is none here (a download, else the demo set).
 
 In-process tests patch kagglesdk's endpoint map to the fake server; one test drives the CLI in a
 subprocess through the server as its HTTP proxy. Only loopback addresses are ever reached (asserted).
@@ -21,7 +22,7 @@ import pytest
 
 import fake_kaggle
 from conftest import run_cli
-from digitrec import data, kaggle_api, kernel
+from digitrec import commands, competition, config, data, kaggle_client, kernel
 from digitrec.errors import UserError
 from fake_kaggle import FakeKaggle
 
@@ -70,7 +71,7 @@ def fake(monkeypatch: pytest.MonkeyPatch, workdir: Path):
     from kagglesdk import kaggle_env
 
     monkeypatch.chdir(workdir)
-    monkeypatch.setattr(kaggle_api, "RETRY_DELAYS", (0.05, 0.05, 0.05))
+    monkeypatch.setattr(kaggle_client, "RETRY_DELAYS", (0.05, 0.05, 0.05))
     monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
     with FakeKaggle() as server:
         for env in kaggle_env.KaggleEnv:  # every environment, so nothing can reach the real Kaggle
@@ -98,9 +99,9 @@ def write_submission(folder: Path, name: str = "gn_cnn-20250101-000000", rows: i
     return path
 
 
-def competition_zip(train_rows: int = kaggle_api.TRAIN_ROWS, test_rows: int = 28000) -> bytes:
+def competition_zip(train_rows: int = competition.TRAIN_ROWS, test_rows: int = competition.TEST_ROWS) -> bytes:
     """The competition archive's exact shape (headers, row counts), all-zero pixels: deflates to ~0.7 MB."""
-    pixels = ",".join(data.PIXELS).encode()
+    pixels = ",".join(competition.PIXELS).encode()
     files = {"train.csv": b"label," + pixels + b"\n" + (b"7" + b",0" * 784 + b"\n") * train_rows,
              "test.csv": pixels + b"\n" + (b"0" + b",0" * 783 + b"\n") * test_rows,
              "sample_submission.csv": b"ImageId,Label\n" + b"".join(b"%d,0\n" % i for i in range(1, test_rows + 1))}
@@ -115,24 +116,24 @@ def competition_zip(train_rows: int = kaggle_api.TRAIN_ROWS, test_rows: int = 28
 
 
 def test_credential_sources_in_the_clients_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert kaggle_api.credential_source() is None
-    message = kaggle_api.no_credentials_message("make download")
+    assert kaggle_client.credential_source() is None
+    message = kaggle_client.no_credentials_message("make download")
     for place in ("KAGGLE_API_TOKEN", "~/.kaggle/access_token", "KAGGLE_USERNAME + KAGGLE_KEY", "kaggle.json"):
         assert place in message
     config_dir = tmp_path / "kaggle-config"
     (config_dir / "kaggle.json").write_text(json.dumps({"username": "u", "key": WRONG_KEY}))
-    assert kaggle_api.credential_source() == str(config_dir / "kaggle.json")
-    assert kaggle_api.redact(f"x {WRONG_KEY} y") == "x [redacted] y"
+    assert kaggle_client.credential_source() == str(config_dir / "kaggle.json")
+    assert kaggle_client.redact(f"x {WRONG_KEY} y") == "x [redacted] y"
     monkeypatch.setenv("KAGGLE_USERNAME", "u")
     monkeypatch.setenv("KAGGLE_KEY", "k" * 8)
-    assert kaggle_api.credential_source() == "KAGGLE_USERNAME + KAGGLE_KEY"
+    assert kaggle_client.credential_source() == "KAGGLE_USERNAME + KAGGLE_KEY"
     (tmp_path / "home" / ".kaggle").mkdir()
     (tmp_path / "home" / ".kaggle" / "access_token").write_text("t" * 20)
-    assert kaggle_api.credential_source().endswith("access_token")
+    assert kaggle_client.credential_source().endswith("access_token")
     monkeypatch.setenv("KAGGLE_API_TOKEN", "T" * 20)
-    assert kaggle_api.credential_source() == "KAGGLE_API_TOKEN"
+    assert kaggle_client.credential_source() == "KAGGLE_API_TOKEN"
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")  # a kernel uploads nothing, downloads nothing
-    assert kaggle_api.credential_source() is None
+    assert kaggle_client.credential_source() is None
 
 
 # ---------------------------------------------------------------- submit
@@ -140,18 +141,18 @@ def test_credential_sources_in_the_clients_order(monkeypatch: pytest.MonkeyPatch
 
 def test_submit_uploads_the_file_and_records_it(fake: FakeKaggle, token, workdir: Path, capsys) -> None:
     sub = write_submission(workdir / "submissions")
-    kaggle_api.cmd_submit(args("msg=first try"))
+    commands.cmd_submit(args("msg=first try"))
     upload = fake.calls("StartSubmissionUpload")[0].json()
     assert upload["competitionName"] == "digit-recognizer" and upload["fileName"] == sub.name
     assert fake.uploads["blob-1"] == sub.read_bytes()
     create = fake.calls("CreateSubmission")[0].json()
     assert create == {"competitionName": "digit-recognizer", "blobFileTokens": "blob-1",
                       "submissionDescription": "first try"}
-    entry, = kaggle_api.read_ledger(workdir / "submissions")
+    entry, = commands.read_ledger(workdir / "submissions")
     assert entry["outcome"] == "submitted" and entry["ref"] == 50001 and entry["file"] == str(Path("submissions") / sub.name)
     assert entry["sha256"] == hashlib.sha256(sub.read_bytes()).hexdigest()
 
-    kaggle_api.cmd_scores(args())
+    commands.cmd_scores(args())
     out = capsys.readouterr()
     score_line = next(line for line in out.out.splitlines() if line.startswith("2025-01-02"))
     assert "COMPLETE" in score_line and "0.98765" in score_line and entry["sha256"][:12] in score_line
@@ -161,11 +162,12 @@ def test_submit_uploads_the_file_and_records_it(fake: FakeKaggle, token, workdir
 def test_dry_run_shows_the_requests_and_changes_nothing(fake: FakeKaggle, workdir: Path, monkeypatch, capsys) -> None:
     sub = write_submission(workdir / "submissions")
     before = sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*"))
-    kaggle_api.cmd_submit(args())  # no credentials: a dry run by default
+    commands.cmd_submit(args())  # no credentials: a dry run by default
     monkeypatch.setenv("KAGGLE_API_TOKEN", fake_kaggle.TOKEN)
-    kaggle_api.cmd_submit(args("DRY_RUN=1", f"SUB={sub}", "MSG=just looking"))
+    commands.cmd_submit(args("DRY_RUN=1", f"SUB={sub}", "MSG=just looking"))
+    commands.cmd_submit(args("dry-run=yes"))
     out = capsys.readouterr().out
-    assert out.count("DRY RUN") == 2 and "no Kaggle credentials" in out and "DRY_RUN=1" in out
+    assert out.count("DRY RUN") == 3 and "no Kaggle credentials" in out and "DRY_RUN=1" in out
     assert '"competitionName": "digit-recognizer"' in out and '"submissionDescription": "just looking"' in out
     assert "OOF accuracy 99.1200%" in out  # the default message, from the run's record
     assert fake.received == [] and sorted((p, p.stat().st_mtime_ns) for p in workdir.rglob("*")) == before
@@ -174,12 +176,14 @@ def test_dry_run_shows_the_requests_and_changes_nothing(fake: FakeKaggle, workdi
 def test_submit_refuses_demo_runs_and_invalid_files(fake: FakeKaggle, token, workdir: Path) -> None:
     write_submission(workdir / "submissions", demo=True)
     with pytest.raises(UserError, match="demo set"):
-        kaggle_api.cmd_submit(args())
+        commands.cmd_submit(args())
     short = write_submission(workdir / "elsewhere", rows=27999)
     with pytest.raises(UserError, match="27999 rows, expected 28000"):
-        kaggle_api.cmd_submit(args(f"sub={short}"))
-    with pytest.raises(UserError, match="SUB=path, MSG=text and DRY_RUN=1"):
-        kaggle_api.cmd_submit(args("epochs=3"))
+        commands.cmd_submit(args(f"sub={short}"))
+    with pytest.raises(UserError, match="SUB=path, MSG=text and DRY_RUN=1, not epochs=3$"):
+        commands.cmd_submit(args("epochs=3"))
+    with pytest.raises(UserError, match="^setting 'dry_run' in the command line must be bool, got 'maybe'$"):
+        commands.cmd_submit(args("dry_run=maybe"))
     assert fake.received == []
 
 
@@ -187,9 +191,9 @@ def test_rules_not_accepted_points_to_the_rules(fake: FakeKaggle, legacy, workdi
     sub = write_submission(workdir / "submissions")
     fake.fail("StartSubmissionUpload", 403)
     with pytest.raises(UserError, match="HTTP 403: accept the competition rules") as e:
-        kaggle_api.cmd_submit(args())
-    assert kaggle_api.RULES_URL in str(e.value) and "is kept" in str(e.value) and sub.is_file()
-    entry, = kaggle_api.read_ledger(workdir / "submissions")
+        commands.cmd_submit(args())
+    assert kaggle_client.RULES_URL in str(e.value) and "is kept" in str(e.value) and sub.is_file()
+    entry, = commands.read_ledger(workdir / "submissions")
     assert entry["outcome"] == "failed" and "403" in entry["reply"]
     assert fake.calls("CreateSubmission") == []
 
@@ -198,31 +202,31 @@ def test_bad_credentials_say_so_without_showing_them(fake: FakeKaggle, workdir: 
     monkeypatch.setenv("KAGGLE_USERNAME", fake_kaggle.USER)
     monkeypatch.setenv("KAGGLE_KEY", WRONG_KEY)
     with pytest.raises(UserError, match="HTTP 401: Kaggle rejected the credentials") as e:
-        kaggle_api.cmd_scores(args())  # the server echoes the Basic credential: it must come back redacted
-    assert "[redacted]" in str(e.value) and kaggle_api.TOKEN_URL in str(e.value)
+        commands.cmd_scores(args())  # the server echoes the Basic credential: it must come back redacted
+    assert "[redacted]" in str(e.value) and kaggle_client.TOKEN_URL in str(e.value)
     assert len(fake.calls("ListSubmissions")) == 1  # a 401 is not retried
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
     monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_" + WRONG_KEY)  # Kaggle reports it inactive
     with pytest.raises(UserError, match="did not accept the credentials from KAGGLE_API_TOKEN"):
-        kaggle_api.cmd_scores(args())
+        commands.cmd_scores(args())
     assert_no_secret(workdir, str(e.value))
 
 
 def test_unknown_competition(fake: FakeKaggle, token) -> None:
     fake.competition = "digit-recognizer-2"
     with pytest.raises(UserError, match="HTTP 404: Kaggle does not know the competition 'digit-recognizer'"):
-        kaggle_api.cmd_scores(args())
+        commands.cmd_scores(args())
 
 
 def test_server_errors_and_resets_are_retried_a_bounded_number_of_times(fake: FakeKaggle, token, capsys) -> None:
     fake.fail("ListSubmissions", 503, "reset")
-    kaggle_api.cmd_scores(args())
+    commands.cmd_scores(args())
     assert len(fake.calls("ListSubmissions")) == 3
     assert capsys.readouterr().err.count("retrying") == 2
     fake.fail("ListSubmissions", *[502] * 10)
     with pytest.raises(UserError, match="HTTP 502 from ListSubmissions after 4 attempt"):
-        kaggle_api.cmd_scores(args())
+        commands.cmd_scores(args())
     assert len(fake.calls("ListSubmissions")) == 3 + 4
 
 
@@ -231,7 +235,7 @@ def test_a_failed_create_submission_is_not_retried(fake: FakeKaggle, token, work
     fake.fail("StartSubmissionUpload", "reset")  # before anything is created: retried
     fake.fail("CreateSubmission", 503)  # may have been recorded: never sent twice
     with pytest.raises(UserError, match="may have gone through anyway: check `make scores`"):
-        kaggle_api.cmd_submit(args())
+        commands.cmd_submit(args())
     assert len(fake.calls("StartSubmissionUpload")) == 2 and len(fake.calls("CreateSubmission")) == 1
 
 
@@ -239,17 +243,17 @@ def test_a_failed_upload_put_is_not_a_success(fake: FakeKaggle, token, workdir: 
     write_submission(workdir / "submissions")
     fake.fail("PUT", 500)
     with pytest.raises(UserError, match=r"the upload \(PUT\) .* failed, so nothing was submitted"):
-        kaggle_api.cmd_submit(args())
+        commands.cmd_submit(args())
     assert fake.calls("CreateSubmission") == []
-    assert kaggle_api.read_ledger(workdir / "submissions")[0]["outcome"] == "failed"
+    assert commands.read_ledger(workdir / "submissions")[0]["outcome"] == "failed"
 
 
 def test_a_silent_server_times_out(fake: FakeKaggle, token, monkeypatch) -> None:
-    monkeypatch.setattr(kaggle_api, "TIMEOUT_S", 0.5)
+    monkeypatch.setattr(kaggle_client, "TIMEOUT_S", 0.5)
     fake.fail("ListSubmissions", "hang")
     started = time.perf_counter()
     with pytest.raises(UserError, match=r"no answer from Kaggle within 0.5s \(timeout\)"):
-        kaggle_api.cmd_scores(args())
+        commands.cmd_scores(args())
     assert time.perf_counter() - started < fake_kaggle.HANG_S
 
 
@@ -258,33 +262,47 @@ def test_a_silent_server_times_out(fake: FakeKaggle, token, monkeypatch) -> None
 
 def test_train_downloads_the_data_when_credentials_exist(fake: FakeKaggle, legacy, workdir: Path, capsys) -> None:
     fake.data_zip = competition_zip()
-    source = data.locate(None)  # what `make train` does with no local data
-    assert source.path == data.COMPETITION_DIR and not source.demo
-    assert all((workdir / data.COMPETITION_DIR / name).is_file() for name in data.FILES)
+    assert data.locate(None) is None  # nothing here: the data layer alone never downloads
+    source = commands.find_or_fetch_data(None)  # what `make train` does with no local data
+    assert source.path == data.competition_dir() and not source.demo
+    assert all((workdir / "input" / "digit-recognizer" / name).is_file() for name in competition.FILES)
     assert (workdir / "input" / "digit-recognizer.zip").read_bytes() == fake.data_zip
+    assert commands.with_data(config.Config()).data is None  # found again by the pipeline: a rerun resumes
     assert fake.calls("DownloadDataFiles")[0].json() == {"competitionName": "digit-recognizer"}
-    kaggle_api.cmd_download(args())  # already there: verified, nothing fetched
+    commands.cmd_download(args())  # already there: verified, nothing fetched
     out = capsys.readouterr()
     assert "train.csv 42000 rows, test.csv 28000 rows, sample_submission.csv 28000 rows" in out.out
     assert len(fake.calls("DownloadDataFiles")) == 1
     assert_no_secret(workdir, out.out, out.err)
 
 
+def test_without_credentials_train_falls_back_to_the_demo_set(workdir: Path, monkeypatch) -> None:
+    monkeypatch.chdir(workdir)
+    with pytest.raises(UserError, match=r"^no competition data in input/digit-recognizer/, .*`make download`"):
+        data.load_data(None)  # the data layer alone neither downloads nor makes up data
+    named = commands.find_or_fetch_data(None, fetch=False)  # a torchrun rank other than 0
+    assert named.demo and not (workdir / "input").exists()
+    source = commands.find_or_fetch_data(None)
+    assert source.demo and source.path == named.path == data.demo_dir()
+    trained = commands.with_data(config.Config())  # what `make train` hands the pipeline
+    assert trained.data == str(data.demo_dir()) and data.locate(trained.data).demo
+
+
 def test_a_download_that_fails_verification_is_kept_aside(fake: FakeKaggle, legacy, workdir: Path) -> None:
     fake.data_zip = competition_zip(train_rows=10, test_rows=10)
     with pytest.raises(UserError, match="has 10 data rows, the competition's has 42000") as e:
-        kaggle_api.cmd_download(args())
+        commands.cmd_download(args())
     assert "kept at input/.download/digit-recognizer.zip" in str(e.value)
     assert (workdir / "input/.download/digit-recognizer.zip").is_file() and not (workdir / "input/digit-recognizer").exists()
 
 
 def test_download_errors(fake: FakeKaggle, workdir: Path, monkeypatch) -> None:
     with pytest.raises(UserError, match="needs Kaggle credentials and found none.*KAGGLE_API_TOKEN"):
-        kaggle_api.cmd_download(args())
+        commands.cmd_download(args())
     monkeypatch.setenv("KAGGLE_API_TOKEN", fake_kaggle.TOKEN)
     fake.fail("DownloadDataFiles", 403)
     with pytest.raises(UserError, match="download failed: HTTP 403: accept the competition rules"):
-        kaggle_api.cmd_download(args())
+        commands.cmd_download(args())
     assert not (workdir / "input" / "digit-recognizer").exists()
 
 
@@ -293,9 +311,9 @@ def test_download_errors(fake: FakeKaggle, workdir: Path, monkeypatch) -> None:
 
 def test_kernel_push_and_output(fake: FakeKaggle, legacy, workdir: Path, capsys) -> None:
     with pytest.raises(UserError, match="make kernel"):
-        kaggle_api.cmd_kernel_push(args())
-    kernel.cmd_build(args("epochs=2"))  # the id comes from KAGGLE_USERNAME
-    kaggle_api.cmd_kernel_push(args())
+        commands.cmd_kernel_push(args())
+    commands.cmd_kernel(args("epochs=2"))  # the id comes from KAGGLE_USERNAME
+    commands.cmd_kernel_push(args())
     saved = fake.calls("SaveKernel")[0].json()
     assert saved["slug"] == f"{fake_kaggle.USER}/digitrec" and saved["text"] == (workdir / "kernel" / kernel.SCRIPT).read_text()
     assert saved["enableGpu"] is True and saved["enableInternet"] is False
@@ -303,11 +321,11 @@ def test_kernel_push_and_output(fake: FakeKaggle, legacy, workdir: Path, capsys)
 
     fake.kernel_status = "RUNNING"
     with pytest.raises(UserError, match="is RUNNING, not done yet"):
-        kaggle_api.cmd_kernel_output(args())
+        commands.cmd_kernel_output(args())
     fake.kernel_status = "COMPLETE"
     sub = write_submission(workdir / "made-on-kaggle", name="submission")
     fake.kernel_files = {"submission.csv": sub.read_bytes(), "runs/x/metrics.json": b"{}"}
-    kaggle_api.cmd_kernel_output(args())
+    commands.cmd_kernel_output(args())
     assert (workdir / "kernel/output/submission.csv").read_bytes() == sub.read_bytes()
     assert (workdir / "kernel/output/runs/x/metrics.json").is_file()
     out = capsys.readouterr()
@@ -329,10 +347,10 @@ def test_cli_submit_through_the_real_client(workdir: Path, tmp_path: Path) -> No
         done = run_cli(["submit", "msg=from the CLI"], workdir, timeout=60, **env)
     assert refused.returncode == 2, refused.stderr
     error_lines = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and kaggle_api.RULES_URL in error_lines[0]
+    assert len(error_lines) == 1 and kaggle_client.RULES_URL in error_lines[0]
     assert done.returncode == 0, done.stderr
     assert server.uploads["blob-1"] == sub.read_bytes()
     assert server.calls("CreateSubmission")[0].json()["submissionDescription"] == "from the CLI"
-    assert [e["outcome"] for e in kaggle_api.read_ledger(workdir / "submissions")] == ["failed", "submitted"]
+    assert [e["outcome"] for e in commands.read_ledger(workdir / "submissions")] == ["failed", "submitted"]
     assert_no_secret(workdir, refused.stdout, refused.stderr, done.stdout, done.stderr)
 

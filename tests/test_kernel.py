@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, clean_env
-from digitrec import config, data, kernel
+from digitrec import commands, competition, config, kernel
 from digitrec.errors import UserError
 
 
@@ -25,12 +25,12 @@ def test_build_writes_the_metadata_and_one_script(workdir: Path, monkeypatch: py
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "never-in-a-kernel-0123456789")
-    kernel.cmd_build(args("epochs=3", "BS=64"))
-    meta = json.loads((workdir / "kernel" / kernel.METADATA).read_text())
+    commands.cmd_kernel(args("epochs=3", "BS=64"))
+    meta = json.loads((workdir / "kernel" / competition.METADATA).read_text())
     assert meta["id"] == "someone/digitrec" and meta["title"] == "digitrec" and meta["code_file"] == kernel.SCRIPT
     assert meta["enable_gpu"] is True and meta["enable_internet"] is False
     assert meta["competition_sources"] == ["digit-recognizer"] and meta["kernel_type"] == "script"
-    assert sorted(p.name for p in (workdir / "kernel").iterdir()) == sorted([kernel.METADATA, kernel.SCRIPT])
+    assert sorted(p.name for p in (workdir / "kernel").iterdir()) == sorted([competition.METADATA, kernel.SCRIPT])
     script = (workdir / "kernel" / kernel.SCRIPT).read_text()
     compile(script, kernel.SCRIPT, "exec")
     for module in (ROOT / "src" / "digitrec").glob("*.py"):
@@ -42,7 +42,9 @@ def test_build_writes_the_metadata_and_one_script(workdir: Path, monkeypatch: py
 def test_the_kernel_id_must_be_usable(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(workdir)
     with pytest.raises(UserError, match="needs your Kaggle username"):
-        kernel.cmd_build(args())
+        commands.cmd_kernel(args())
+    with pytest.raises(UserError, match="^setting 'epochs' in the command line must be int, got 'many'$"):
+        commands.cmd_kernel(args("id=someone/digitrec", "epochs=many"))
     with pytest.raises(UserError, match="must be <your-kaggle-username>/<slug>"):
         kernel.build(workdir / "kernel", config.Config(), "me/x")
 
@@ -53,7 +55,7 @@ def test_the_kernel_script_trains_in_a_simulated_kernel(demo_dir: Path, tmp_path
     inputs, working = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working"
     (inputs / "mnist-copy").mkdir(parents=True)
     working.mkdir()
-    for name in data.FILES:  # the demo set without its demo marker stands in for the competition data
+    for name in competition.FILES:  # the demo set without its demo marker stands in for the competition data
         shutil.copy(demo_dir / name, inputs / "mnist-copy" / name)
     tiny = config.load(None, {"epochs": 1, "folds": 2, "limit": 200, "batch_size": 64, "progress": False})
     built = kernel.build(tmp_path / "kernel", tiny, "someone/digitrec")
@@ -73,3 +75,4 @@ def test_the_kernel_script_trains_in_a_simulated_kernel(demo_dir: Path, tmp_path
     run, = (working / "runs").iterdir()
     assert (run / "metrics.json").is_file()
     assert sorted(p.name for p in working.iterdir()) == ["runs", "submission.csv", "submissions"]
+    assert not (tmp_path / "input").exists()  # the data cache went to the script's scratch folder

@@ -90,7 +90,7 @@ def test_ctrl_c_then_sigkill_then_rerun_resumes_exactly(demo_dir: Path, tmp_path
     delay = random.uniform(0.0, 2.0)
     proc = start(demo_dir, cwd)
     seen = read_until(proc, "fold 0: resuming after epoch")
-    assert f"resuming run {Path('runs', run.name)}" in seen
+    assert f"resuming run {cwd / 'runs' / run.name}" in seen
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -101,7 +101,7 @@ def test_ctrl_c_then_sigkill_then_rerun_resumes_exactly(demo_dir: Path, tmp_path
     finished = sorted(p.parent.parent.name for p in run.glob("fold*/m*/done.json"))
     result = run_cli(train_args(demo_dir), cwd)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"resuming run {Path('runs', run.name)}" in result.stdout
+    assert f"resuming run {cwd / 'runs' / run.name}" in result.stdout
     for name in finished:
         assert f"fold {name[-1]}: already finished, skipped" in result.stdout, result.stdout
     resumed, oof, test = probabilities(cwd)

@@ -64,7 +64,7 @@ def test_crafted_resume_point_is_refused_by_training(crafted, tmp_path: Path) ->
     images = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8)
     data = engine.FoldData(images, torch.arange(40) % 10, torch.arange(20), torch.arange(20, 40), images[:8])
     with pytest.raises(UserError, match=r"resume\.pt: refused to load"):
-        engine.train_net(cfg, data, 0, "fold 0", fold_dir, torch.device("cpu"), log=lambda _: None)
+        engine.train_net(cfg, data, 0, "fold 0", fold_dir, torch.device("cpu"))
     assert not marker.exists()
 
 

@@ -23,23 +23,84 @@ def _parse(*overrides: str):
 
 def test_points_of_each_study() -> None:
     study, _, base = _parse("study=batch", "model=mlp1")
-    assert [p.batch_size for p in studies.plan(study, base.model)] == [1, 16, 64, 128]
+    assert [p.batch_size for p in studies.plan(study, base)] == [1, 16, 64, 128]
     study, _, base = _parse("study=batch")  # the default CNN: the CNN write-up's sizes
-    assert [p.batch_size for p in studies.plan(study, base.model)] == [32, 64, 128, 256, 512, 1024]
+    assert [p.batch_size for p in studies.plan(study, base)] == [32, 64, 128, 256, 512, 1024]
     study, _, base = _parse("study=accum", "bs=128", "accums=1 2 4 8")
-    points = studies.plan(study, base.model)
+    points = studies.plan(study, base)
     assert [(p.name, p.effective, p.kind) for p in points] == [
         ("b128", 128, "batch"), ("b256", 256, "batch"), ("b512", 512, "batch"), ("b1024", 1024, "batch"),
         ("b128x2", 256, "accum"), ("b128x4", 512, "accum"), ("b128x8", 1024, "accum")]
 
 
+def test_norm_study_trains_each_point_with_both_norms_both_lr_arms_and_every_seed() -> None:
+    study, _, base = _parse("study=norm", "arms=rule fixed", "seeds=42 43")
+    points = studies.plan(study, base)
+    per_seed = ["b128", "b1024", "b128x8", "b1024-fixed", "b128x8-fixed",
+                "b128-bn", "b1024-bn", "b128x8-bn", "b1024-bn-fixed", "b128x8-bn-fixed"]
+    # seed by seed; b128-fixed is b128 (the fixed LR is the rule's LR at lr_ref_batch 128), so it is left out
+    assert [p.name for p in points] == [f"{n}-s42" for n in per_seed] + [f"{n}-s43" for n in per_seed]
+    configs = {p.name: studies.point_config(base, p, study, Path("out")) for p in points}
+    assert configs["b128x8-bn-s43"].norm == "batch" and configs["b128x8-bn-s43"].seed == 43
+    assert configs["b128x8-s42"].effective_batch == configs["b1024-s42"].effective_batch == 1024
+    assert configs["b1024-s42"].scaled_lr == pytest.approx(0.003 * 8 ** 0.5)  # our rule: sqrt of 1024/128
+    assert configs["b1024-fixed-s42"].scaled_lr == configs["b128-s42"].scaled_lr == 0.003  # the write-ups' fixed LR
+    assert {p.group for p in points if p.name.startswith("b128x8-bn-fixed")} == {"b128x8-bn-fixed"}
+
+
+def test_batch_norm_replaces_every_group_norm_only_where_asked() -> None:
+    from torch import nn
+
+    from digitrec import config
+    from digitrec.models import model_from_config
+
+    group = model_from_config(config.load(CONFIG, {"width": 8}))
+    batch = model_from_config(config.load(CONFIG, {"width": 8, "norm": "batch"}))
+    assert sum(isinstance(m, nn.GroupNorm) for m in group.modules()) == 7
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in batch.modules()) == 7
+    assert not any(isinstance(m, nn.GroupNorm) for m in batch.modules())
+    with pytest.raises(UserError, match="norm=batch applies to gn_cnn, gn_m3, gn_m5, gn_m7, not to model 'mlp1'"):
+        config.load(CONFIG, {"model": "mlp1", "norm": "batch"})
+    with pytest.raises(UserError, match="norm must be group or batch, got 'layer'"):
+        config.load(CONFIG, {"norm": "layer"})
+
+
+def _groups(rows: list[tuple[str, int, int, str, float]]):
+    """Point groups as studies.by_group makes them, from (group, batch_size, accum, arm, accuracy) per seed."""
+    frame = pd.DataFrame([{
+        "group": g, "batch_size": b, "accum": a, "effective_batch": b * a, "norm": "group", "arm": arm,
+        "accuracy": acc, "val_acc_per_epoch": f"{acc}", **{k: 1.0 for k in studies.MEASURED if k != "accuracy"}}
+        for g, b, a, arm, acc in rows])
+    return studies.by_group(frame)
+
+
+def test_verdicts_weigh_each_difference_against_the_seed_noise() -> None:
+    groups = _groups([("b128", 128, 1, "rule", 0.990), ("b128", 128, 1, "rule", 0.992),
+                      ("b1024", 1024, 1, "rule", 0.985), ("b1024", 1024, 1, "rule", 0.987),
+                      ("b128x8", 128, 8, "rule", 0.9905), ("b128x8", 128, 8, "rule", 0.9915)])
+    row = groups.set_index("group").loc["b128x8"]
+    assert row["accuracy"] == pytest.approx(0.991) and row["seeds"] == 2 and row["accuracies"] == "99.05% 99.15%"
+    lines = studies.accumulation_verdicts(groups)
+    # pooled seed sd = sqrt(mean(2e-6, 2e-6, 5e-7)) = 1.22e-3; noise = 2 x sd x sqrt(1/2 + 1/2) = 0.24 points
+    assert lines[0].startswith("- b128x8 vs its micro-batch alone (b128): 99.10% vs 99.10%, +0.00 points: **within noise**")
+    assert "noise: 2 standard errors = 0.24 points" in lines[0]
+    assert lines[1].startswith("- b128x8 vs the true batch (b1024): 99.10% vs 98.60%, +0.50 points: **higher**")
+    one_seed = _groups([("b128", 128, 1, "rule", 0.99), ("b128x8", 128, 8, "rule", 0.98)])
+    assert studies.accumulation_verdicts(one_seed) == [
+        "- b128x8 vs its micro-batch alone (b128): 98.00% vs 99.00%, -1.00 points: one seed, no noise estimate (give SEEDS=)"]
+
+
 @pytest.mark.parametrize("overrides, message", [
-    (["study=size"], "STUDY must be batch or accum"),
-    (["study=batch", "bs=64"], "belong to STUDY=accum"),
+    (["study=size"], "STUDY must be batch, accum, norm"),
+    (["study=batch", "bs=64"], "belong to STUDY=accum or norm"),
     (["study=accum", "batch_sizes=8 16"], "belongs to STUDY=batch"),
     (["study=batch", "accum=4"], "a sweep sets accum per point"),
     (["batch_sizes=8 x"], "whole numbers"),
     (["fold=7"], "fold must be all or 0..4"),
+    (["arms=rule scaled"], "ARMS must be rule, fixed or both"),
+    (["seeds=1 1"], "SEEDS must differ"),
+    (["study=norm", "norm=batch"], "STUDY=norm trains both norms"),
+    (["study=norm", "model=mlp1"], "norm=batch applies to gn_cnn"),
 ])
 def test_settings_mistakes_are_user_errors(overrides: list[str], message: str) -> None:
     with pytest.raises(UserError, match=message):
@@ -93,3 +154,17 @@ def test_accum_sweep_sets_accumulation_beside_the_true_batch(workdir: Path, demo
     assert list(frame["kind"]) == ["batch", "accum"]
     for png in [*FOUR, "accum_vs_true.png"]:
         assert (workdir / "sweep" / png).read_bytes().startswith(PNG), png
+
+
+@pytest.mark.slow
+def test_norm_sweep_with_seeds_writes_means_and_verdicts(workdir: Path, demo_dir: Path) -> None:
+    result = run_cli(["sweep", "--config", CONFIG, f"data={demo_dir}", "study=norm", "bs=8", "accums=2", "seeds=1 2",
+                      "width=8", "limit=200", "folds=2", "epochs=1", "repeats=3", "warmup=1", "progress=false",
+                      "out=sweep", "threads=1"], workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "12 epochs of training in all; estimated" in result.stdout and "12/12 epochs of the sweep done" in result.stdout
+    frame = pd.read_csv(workdir / "sweep" / "sweep.csv")
+    assert len(frame) == 12 and set(frame["seed"]) == {1, 2} and set(frame["norm"]) == {"group", "batch"}
+    table = (workdir / "sweep" / "sweep.md").read_text()
+    assert "| b8x2-bn | 8 x 2 | batch |" in table and "## Accumulation against its rivals" in table
+    assert "- b8x2 vs the true batch (b16)" in table and "- b8x2-bn vs its micro-batch alone (b8-bn)" in table

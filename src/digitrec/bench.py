@@ -2,8 +2,9 @@
 per-sample path and against what the machine can do; one run, a readable table, then one JSON line.
 
 What is measured, each after a warm-up and as the median of several repeats:
-  train          images/s of the engine's own training step (engine.train_step, augmentation,
-                 optimizer, LR schedule and EMA, exactly as train_net runs them) at BS x ACCUM
+  train          images/s of `make train`'s own training: the set-up engine.make_trainer builds (net,
+                 optimizer, LR schedule, EMA, compile) stepped by Trainer.update over the windows
+                 Trainer.start_epoch draws, the calls train_net makes, at BS x ACCUM
   conventional   the same model, augmentation, optimizer and loss fed the way most public kernels do:
                  pandas row -> PIL image -> torchvision RandomAffine + ToTensor -> DataLoader(2 workers)
   FLOP limit     fp32 GEMM FLOP/s at the same thread count, and the model's training FLOPs per image
@@ -20,9 +21,11 @@ compares itself with the figures recorded for its machine and names what got wor
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
+import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,13 +41,15 @@ import torch.nn.functional as F
 
 from . import config as config_mod
 from . import data as data_mod
-from . import engine, fileio
+from . import commands, engine, fileio, logs
 from .config import Config
+from .cost import cpu_name
 from .errors import UserError
-from .models import model_from_config
+from .settings import parse_items, take
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RESULTS = "benchmarks/results.json"
-BENCH_KEYS = ("quick", "record", "results")
 # Repeated timings on a shared machine scatter by several percent; only a worse change beyond this
 # fraction is called a regression.
 TOLERANCE = 0.10
@@ -101,60 +106,32 @@ def machine_id(device: torch.device, threads: int) -> str:
     """The key results are recorded under: the GPU's name, or the CPU model and the thread count."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {name}, {threads} threads"
+    return f"cpu: {cpu_name()}, {threads} threads"
 
 
 # ---------------------------------------------------------------- training throughput
 
 
-def _windows(n: int, window: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless windows of shuffled row indices, a fresh permutation per epoch as train_net draws them."""
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n - window + 1, window):
-            yield perm[start:start + window]
-        if n < window:  # a set smaller than one window (the demo set at ACCUM=8): sample with replacement
-            yield torch.randint(n, (window,), generator=generator)
-
-
 def train_throughput(cfg: Config, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
                      plan: Plan) -> float:
-    """Images/s of the engine's training loop body: train_step, scheduler.step_update, EMA update."""
-    from timm.utils import ModelEmaV3
-
+    """Images/s of train_net's loop: engine.make_trainer's set-up, Trainer.update over the windows of
+    Trainer.start_epoch."""
     torch.manual_seed(cfg.seed)
-    n = len(labels)
-    data = engine.FoldData(images.to(device), labels.to(device), torch.arange(n), torch.arange(0), images[:0])
-    model = model_from_config(cfg).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    schedule = engine.Schedule(n, cfg)
-    optimizer, scheduler = engine.make_optimizer(model, cfg, schedule)
-    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
-    forward = torch.compile(model) if cfg.compile else model
-    windows = _windows(n, schedule.window, torch.Generator().manual_seed(cfg.seed))
-    step = 0
+    order = torch.Generator().manual_seed(cfg.seed)
+    n, window = len(labels), cfg.effective_batch
+    # whole windows only, so every timed step is BS x ACCUM images; a set smaller than one window (the demo
+    # set at ACCUM=8) is drawn with replacement up to one
+    rows = torch.arange(n - n % window) if n >= window else torch.randint(n, (window,), generator=order)
+    data = engine.FoldData(images.to(device), labels.to(device), rows, rows[:0], images[:0])
+    trainer = engine.make_trainer(cfg, device, len(rows))
+    windows = itertools.chain.from_iterable(trainer.start_epoch(rows, order) for _ in itertools.count())
 
     def steps() -> None:
-        nonlocal step
         for _ in range(plan.train_steps):
-            engine.train_step(forward, optimizer, next(windows), data, cfg, device)
-            step += 1
-            scheduler.step_update(num_updates=step)
-            if ema is not None:
-                ema.update(model, step=step)
+            trainer.update(next(windows), data)
 
     seconds = _median_seconds(steps, plan.repeats, device)
-    return plan.train_steps * schedule.window / seconds
+    return plan.train_steps * window / seconds
 
 
 class _RowDataset(torch.utils.data.Dataset):
@@ -195,8 +172,7 @@ def conventional_throughput(cfg: Config, images: np.ndarray, labels: np.ndarray,
         # sampling with replacement never runs out, so the timed steps never wait for an epoch restart
         sampler=torch.utils.data.RandomSampler(frame, replacement=True, num_samples=10**9))
     torch.manual_seed(cfg.seed)
-    model = model_from_config(cfg).to(device)
-    model.train()
+    model = engine.build_net(dataclasses.replace(cfg, channels_last=False), device)
     optimizer, _ = engine.make_optimizer(model, cfg, engine.Schedule(len(frame), cfg))
     batches = iter(loader)
 
@@ -235,7 +211,7 @@ def train_flops_per_image(cfg: Config) -> float:
     """FLOPs of one forward + backward per image, as FlopCounterMode counts them (matmuls, convolutions)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = model_from_config(cfg)
+    model = engine.build_net(cfg, torch.device("cpu"))
     x = torch.rand(cfg.batch_size, 1, 28, 28)
     counter = FlopCounterMode(display=False)
     with counter:
@@ -248,12 +224,11 @@ def train_flops_per_image(cfg: Config) -> float:
 
 def predict_timings(cfg: Config, test_images: torch.Tensor, device: torch.device, plan: Plan) -> tuple[float, float]:
     """(seconds per fold model, seconds for the whole fold ensemble) to predict the test rows without TTA, with
-    models built and laid out as pipeline.predict builds them (weights do not change the cost)."""
+    nets from engine.build_net as `make predict` loads them (weights do not change the cost)."""
     models = []
     for fold in range(cfg.folds):
         torch.manual_seed(fold)
-        model = model_from_config(cfg).to(device)
-        models.append(model.to(memory_format=torch.channels_last) if cfg.channels_last else model)
+        models.append(engine.build_net(cfg, device))
     images = test_images.to(device)
     # plain prediction: TTA (tta=true) multiplies this by its five views, and is a choice, not a cost
     per_fold = _median_seconds(lambda: engine.predict_proba(models[0], images, cfg, device, tta=False),
@@ -269,16 +244,11 @@ def predict_timings(cfg: Config, test_images: torch.Tensor, device: torch.device
 
 def data_timings(source: data_mod.Source, plan: Plan) -> tuple[float, float]:
     """(cold, cached) seconds: parsing and validating the three files from their bytes (no cache), as
-    data.load does on a first run; data.load once its cache is warm, in a temp working directory."""
+    data.load does on a first run; data.load once its cache (in a temp folder) is warm."""
     raws = {name: source.read(name) for name in data_mod.FILES}
     cold = _median_seconds(lambda: data_mod.parse_all(raws, source), plan.repeats, torch.device("cpu"), warmup=0)
-    here = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="digitrec-bench-") as tmp:
-        os.chdir(tmp)  # data.load keeps its cache in ./input/.cache
-        try:
-            cached = _median_seconds(lambda: data_mod.load(source), plan.repeats, torch.device("cpu"))
-        finally:
-            os.chdir(here)
+        cached = _median_seconds(lambda: data_mod.load(source, cache=Path(tmp)), plan.repeats, torch.device("cpu"))
     return cold, cached
 
 
@@ -293,14 +263,15 @@ def peak_rss_gib(config_path: str, overrides: list[str], source: data_mod.Source
     command = [sys.executable, "-m", "digitrec", "train", "--config", str(Path(config_path).resolve()), *settings]
     src = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-    with tempfile.TemporaryDirectory(prefix="digitrec-bench-") as tmp, open(Path(tmp) / "log", "w+") as log:
-        process = subprocess.Popen(command, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with tempfile.TemporaryDirectory(prefix="digitrec-bench-") as tmp, open(Path(tmp) / "log", "w+") as output:
+        process = subprocess.Popen(command, cwd=tmp, env={**env, "DIGITREC_ROOT": tmp}, stdout=output,
+                                   stderr=subprocess.STDOUT)
         # wait4 gives this child's own rusage; RUSAGE_CHILDREN would also count the DataLoader workers
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
-            log.seek(0)
-            raise UserError(f"bench: the memory run `{' '.join(command)}` failed:\n{log.read()[-2000:]}")
+            output.seek(0)
+            raise UserError(f"bench: the memory run `{' '.join(command)}` failed:\n{output.read()[-2000:]}")
     return usage.ru_maxrss * 1024 / 2**30  # ru_maxrss is in KiB on Linux
 
 
@@ -376,38 +347,35 @@ def table(result: dict, recorded: dict | None) -> str:
     return "\n".join(lines)
 
 
-def _split_settings(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
-    """The bench's own settings, and the rest (config settings) in their original KEY=VALUE form."""
-    ours, rest = {}, []
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key.strip().lower() in BENCH_KEYS:
-            ours[key.strip().lower()] = value
-        else:
-            rest.append(item)
-    return ours, rest
+@dataclass
+class BenchSettings:
+    """The bench's own KEY=VALUE settings; every other one is a config setting."""
+
+    quick: bool = False  # a few steps on small sizes, for tests
+    record: bool = False  # store the figures as this machine's reference
+    results: str = DEFAULT_RESULTS
 
 
-def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan, say=print) -> dict:
+def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan) -> dict:
     """Every measurement, in an order that keeps them apart: the memory run first (a child process,
     nothing else running), then data, the GEMM, training, the conventional path, prediction."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = engine.select_device(cfg.device)
     threads = torch.get_num_threads()
-    source = data_mod.locate(cfg.data)
+    source = commands.find_or_fetch_data(cfg.data)
     if source.demo:
         print(data_mod.demo_notice(), file=sys.stderr)
-    say(f"bench: {device} ({threads} threads), {cfg.model}, BS {cfg.batch_size} x ACCUM {cfg.accum}, "
-        f"data {source.describe()}{', quick' if plan is QUICK else ''}")
+    log.info(f"bench: {device} ({threads} threads), {cfg.model}, BS {cfg.batch_size} x ACCUM {cfg.accum}, "
+             f"data {source.describe()}{', quick' if plan is QUICK else ''}")
     dataset = data_mod.load(source)
 
     started = time.perf_counter()
 
     def stage(name: str, measure: Callable[[], object]):
-        say(f"bench: {name} ...")
+        log.info(f"bench: {name} ...")
         value = measure()
-        say(f"bench: {name} done at {time.perf_counter() - started:.0f}s")
+        log.info(f"bench: {name} done at {time.perf_counter() - started:.0f}s")
         return value
 
     rss = stage("peak memory of a training process", lambda: peak_rss_gib(config_path, overrides, source, plan))
@@ -465,12 +433,12 @@ def compare(result: dict, previous: dict | None) -> tuple[list[str], list[dict]]
 
 
 def command(args: argparse.Namespace) -> None:
-    ours, overrides = _split_settings(args.overrides)
-    try:
-        quick, keep = (bool(int(ours.get(k) or 0)) for k in ("quick", "record"))
-    except ValueError:
-        raise UserError("bench: quick= and record= take 0 or 1") from None
-    results_path = Path(ours.get("results") or DEFAULT_RESULTS)
+    logs.setup()
+    items = parse_items(args.overrides)
+    ours = take(BenchSettings, items)
+    overrides = [f"{key}={value}" for key, value in items.items()]  # also handed to the memory run's child
+    quick, keep = ours.quick, ours.record
+    results_path = Path(ours.results)
     # ACCUM=8 is the issue's setting for the throughput figures; an explicit ACCUM= still wins
     cfg = config_mod.load(args.config, ["accum=8", *overrides])
 

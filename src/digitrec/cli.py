@@ -9,9 +9,11 @@ import argparse
 import importlib
 import sys
 
+from . import logs
+from .competition import in_project
 from .errors import UserError
 
-DEFAULT_CONFIG = "configs/default.yaml"
+DEFAULT_CONFIG = "configs/default.yaml"  # the project's, wherever the command is run from
 
 
 def _config(args: argparse.Namespace):
@@ -21,9 +23,11 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from . import pipeline
+    from . import commands, distributed, pipeline
 
-    result = pipeline.train(_config(args))
+    # under torchrun only rank 0 downloads or writes the demo set; the others read it after the barrier
+    cfg = commands.with_data(_config(args), fetch=distributed.launched().is_main)
+    result = pipeline.train(cfg)
     if result.submission is not None:  # under torchrun, rank 0's
         print(f"submission: {result.submission}")
 
@@ -36,19 +40,19 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 # name -> (module, function, help). Each function takes the parsed args; modules are imported only
-# when their command runs, so `import kaggle` (which authenticates) never happens for `train`.
+# when their command runs (`import kaggle`, which authenticates, only inside kaggle_client's calls).
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("cli", "cmd_train", "train the config over stratified folds and write a submission"),
     "predict": ("cli", "cmd_predict", "rebuild a run's submission from its saved weights"),
     "evaluate": ("evaluation", "command", "accuracy, per-class errors and model cost of a run"),
     "sweep": ("studies", "command", "batch-size and accumulation studies (STUDY=batch|accum)"),
     "bench": ("bench", "command", "training/inference/data throughput against the conventional path"),
-    "download": ("kaggle_api", "cmd_download", "download the competition data into input/"),
-    "submit": ("kaggle_api", "cmd_submit", "validate and upload a submission (DRY_RUN=1 to only show)"),
-    "scores": ("kaggle_api", "cmd_scores", "list this account's submissions and scores"),
-    "kernel": ("kernel", "cmd_build", "build kernel/: a Kaggle kernel that runs this pipeline"),
-    "kernel-push": ("kaggle_api", "cmd_kernel_push", "push kernel/ to Kaggle"),
-    "kernel-output": ("kaggle_api", "cmd_kernel_output", "fetch the kernel's output (its submission)"),
+    "download": ("commands", "cmd_download", "download the competition data into input/"),
+    "submit": ("commands", "cmd_submit", "validate and upload a submission (DRY_RUN=1 to only show)"),
+    "scores": ("commands", "cmd_scores", "list this account's submissions and scores"),
+    "kernel": ("commands", "cmd_kernel", "build kernel/: a Kaggle kernel that runs this pipeline"),
+    "kernel-push": ("commands", "cmd_kernel_push", "push kernel/ to Kaggle"),
+    "kernel-output": ("commands", "cmd_kernel_output", "fetch the kernel's output (its submission)"),
 }
 
 
@@ -59,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, _, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-        p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
+        p.add_argument("--config", default=str(in_project(DEFAULT_CONFIG)), help="YAML config (default: %(default)s)")
         p.add_argument("--run", default=None, help="a run folder or name under runs/ (default: the newest)")
-        p.add_argument("--runs-dir", default="runs", help="where runs live (default: %(default)s)")
+        p.add_argument("--runs-dir", default="runs", help="where runs live, in the project (default: %(default)s)")
         p.add_argument("--tta", default=None, action=argparse.BooleanOptionalAction,
                        help="predict: test-time augmentation (default: as the run was trained)")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. BS=128 ACCUM=8 (train) or STUDY=batch (sweep)")
@@ -70,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.setup()
     module, function, _ = COMMANDS[args.command]
     try:
         getattr(importlib.import_module(f"digitrec.{module}"), function)(args)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -15,21 +14,9 @@ from typing import Any
 
 import yaml
 
+from . import settings
 from .errors import UserError
-
-# Short names a user types on the command line or through Make (BS=128 ACCUM=8), mapped to keys.
-ALIASES = {
-    "bs": "batch_size",
-    "epochs": "epochs",
-    "folds": "folds",
-    "fold": "fold",
-    "seed": "seed",
-    "data": "data",
-    "name": "name",
-    "limit": "limit",
-    "model": "model",
-}
-
+from .settings import ALIASES
 
 @dataclass
 class Config:
@@ -44,6 +31,7 @@ class Config:
     model: str = "gn_cnn"
     width: int = 32  # channels of the first stage; later stages double it
     groups: int = 8  # GroupNorm groups
+    norm: str = "group"  # group | batch: BatchNorm only to compare (make sweep STUDY=norm); it breaks BS x ACCUM == one batch
     dropout: float = 0.4
     # --- optimisation
     epochs: int = 18
@@ -108,13 +96,13 @@ class Config:
 KEYS = [f.name for f in fields(Config)]
 _TYPES = typing.get_type_hints(Config)
 # what may differ between the members of an ensemble: the net and how it is trained, not the data or folds
-MEMBER_KEYS = ("model", "width", "groups", "dropout", "epochs", "batch_size", "accum", "optimizer", "lr",
+MEMBER_KEYS = ("model", "width", "groups", "norm", "dropout", "epochs", "batch_size", "accum", "optimizer", "lr",
                "lr_ref_batch", "lr_scaling", "weight_decay", "warmup_epochs", "min_lr_ratio", "label_smoothing",
                "ema", "ema_decay", "rotate", "scale", "shift", "tta", "seed")
 
 
 def _resolve_key(raw: str) -> str:
-    key = raw.strip().lower().replace("-", "_")
+    key = settings.normalize(raw)
     key = ALIASES.get(key, key)
     if key not in KEYS:
         near = difflib.get_close_matches(key, KEYS + list(ALIASES), n=1)
@@ -149,34 +137,13 @@ def _members(value: Any, source: str) -> list[dict[str, Any]] | None:
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    """Check value against the field's type; strings from the command line are parsed as YAML."""
     if key == "members":
         return _members(value, source)
-    hint = _TYPES[key]
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if isinstance(value, str) and str not in allowed:
-        try:
-            value = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise UserError(f"setting '{key}' in {source}: cannot read the value {value!r}") from None
-    if isinstance(value, str) and float in allowed:  # YAML 1.1 reads 1e-3 as a string; people type it
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if value is None and type(None) in allowed:
-        return None
-    for typ in allowed:
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if typ is not type(None) and isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
-            return value
-    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-    raise UserError(f"setting '{key}' in {source} must be {names}, got {value!r}")
+    return settings.coerce(key, value, _TYPES[key], source)
 
 
 def validate(cfg: Config) -> Config:
-    from .models import MODEL_NAMES, is_known_model
+    from .models import MODEL_NAMES, NORMALISED, NORMS, is_known_model
 
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -192,6 +159,9 @@ def validate(cfg: Config) -> Config:
     need(cfg.limit is None or cfg.limit >= 10 * cfg.folds,
          f"LIMIT (limit) must be at least 10 x FOLDS = {10 * cfg.folds} rows, got {cfg.limit}")
     need(is_known_model(cfg.model), f"unknown model '{cfg.model}'; known: {', '.join(MODEL_NAMES)}, or timm:<name>")
+    need(cfg.norm in NORMS, f"norm must be {' or '.join(NORMS)}, got '{cfg.norm}'")
+    need(cfg.norm == "group" or cfg.model in NORMALISED,
+         f"norm={cfg.norm} applies to {', '.join(NORMALISED)}, not to model '{cfg.model}'")
     need(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
     need(cfg.lr_ref_batch >= 1, f"lr_ref_batch must be >= 1, got {cfg.lr_ref_batch}")
     need(cfg.lr_scaling in ("sqrt", "linear", "none"), f"lr_scaling must be sqrt, linear or none, got '{cfg.lr_scaling}'")
@@ -240,16 +210,6 @@ def apply(values: dict[str, Any], cfg: Config, source: str) -> Config:
     return dataclasses.replace(cfg, **updates)
 
 
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"override '{item}' must look like key=value (e.g. BS=128)")
-        key, value = item.split("=", 1)
-        out[key] = value
-    return out
-
-
 def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
     """The config file (or the defaults), then the overrides, then validation."""
     cfg = Config()
@@ -265,7 +225,7 @@ def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None =
             raise UserError(f"{path}: must be a mapping of key: value")
         cfg = apply(data, cfg, str(path))
     if overrides:
-        items = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        items = settings.parse_items(overrides) if isinstance(overrides, list) else overrides
         cfg = apply(items, cfg, "the command line")
     return validate(cfg)
 

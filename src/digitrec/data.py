@@ -1,8 +1,9 @@
 """Find the competition CSVs, parse them fast, validate them, cache them as uint8 arrays.
 
-Where data comes from, in order: DATA= (a folder or a zip); input/digit-recognizer/; a
-digit-recognizer.zip in input/ (unzipped beside it); /kaggle/input (in a Kaggle kernel); a download
-through the Kaggle API when credentials exist; otherwise the embedded demo set, loudly marked.
+Local data only, in order: DATA= (a folder or a zip); input/digit-recognizer/; a digit-recognizer.zip in
+input/ (unzipped beside it); /kaggle/input (in a Kaggle kernel). What to do when there is none (download
+it, or fall back to the embedded demo set written here) is the commands' choice (commands.py): this
+module never talks to Kaggle.
 """
 from __future__ import annotations
 
@@ -21,20 +22,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import fileio
+from . import competition, fileio
+from .competition import FILES, PIXELS, SAMPLE_HEADER, TEST_HEADER, TRAIN_HEADER
 from .errors import UserError
 
-FILES = ("train.csv", "test.csv", "sample_submission.csv")
-PIXELS = [f"pixel{i}" for i in range(784)]
-TRAIN_HEADER = ["label", *PIXELS]
-TEST_HEADER = PIXELS
-SAMPLE_HEADER = ["ImageId", "Label"]
-INPUT_DIR = Path("input")
-COMPETITION_DIR = INPUT_DIR / "digit-recognizer"
-KAGGLE_INPUT = Path(os.environ.get("DIGITREC_KAGGLE_INPUT", "/kaggle/input"))  # remapped by the kernel test
-DEMO_DIR = INPUT_DIR / "demo-digits"
 DEMO_MARKER = "DEMO_DATA_NOT_FOR_SUBMISSION"
 CACHE_VERSION = "2"
+
+
+def input_dir() -> Path:
+    """The project's input/: the competition's files and zip, the demo set, the parse cache."""
+    return competition.in_project("input")
+
+
+def competition_dir() -> Path:
+    return input_dir() / competition.NAME
+
+
+def demo_dir() -> Path:
+    return input_dir() / "demo-digits"
+
+
+def cache_dir() -> Path:
+    return input_dir() / ".cache"
 
 
 @dataclass
@@ -201,49 +211,54 @@ def _has_files(folder: Path) -> bool:
 
 
 def unzip(archive: Path, dest: Path) -> None:
-    """Extract the three CSVs into dest via a temp folder, so a kill never leaves half a dataset."""
+    """Extract the three CSVs into dest via a temp folder, so a kill never leaves half a dataset. Another
+    process (a second torchrun rank) may finish the same unzip first: its folder is as good as ours."""
     source = Source(archive)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     try:
         for name in FILES:
             (tmp / name).write_bytes(source.read(name))
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not _has_files(dest):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def in_kaggle_kernel() -> bool:
-    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
-
-
-def locate(data: str | None) -> Source:
+def locate(data: str | None) -> Source | None:
+    """The data DATA= names (relative to the project), else the first local copy found; None when
+    there is none."""
     if data:
-        path = Path(data).expanduser()
+        path = competition.in_project(data)
         if not path.exists():
             raise UserError(f"DATA={data}: no such folder or zip")
         if path.is_file() and path.suffix != ".zip":
             raise UserError(f"DATA={data}: must be a folder holding {', '.join(FILES)} or a .zip of them")
-        if path.is_dir() and not _has_files(path) and _has_files(path / "digit-recognizer"):
-            path = path / "digit-recognizer"
+        if path.is_dir() and not _has_files(path) and _has_files(path / competition.NAME):
+            path = path / competition.NAME
         return Source(path, demo=(path / DEMO_MARKER).exists())
-    if _has_files(COMPETITION_DIR):
-        return Source(COMPETITION_DIR)
-    archive = INPUT_DIR / "digit-recognizer.zip"
+    local = competition_dir()
+    if _has_files(local):
+        return Source(local)
+    archive = input_dir() / f"{competition.NAME}.zip"
     if archive.is_file():
-        unzip(archive, COMPETITION_DIR)
-        return Source(COMPETITION_DIR)
-    if KAGGLE_INPUT.is_dir():
+        unzip(archive, local)
+        return Source(local)
+    kaggle_input = competition.kaggle_input()
+    if kaggle_input.is_dir():
         # the competition's own folder first, then any other folder that holds the three files
-        found = sorted(KAGGLE_INPUT.rglob("train.csv"), key=lambda p: (p.parent.name != COMPETITION_DIR.name, str(p)))
+        found = sorted(kaggle_input.rglob("train.csv"), key=lambda p: (p.parent.name != competition.NAME, str(p)))
         for train in found:
             if _has_files(train.parent):
                 return Source(train.parent)
-    from . import kaggle_api  # imported here: only this branch talks to Kaggle
+    return None
 
-    if kaggle_api.has_credentials():
-        kaggle_api.download_data(INPUT_DIR)
-        return Source(COMPETITION_DIR)
-    return Source(write_demo(DEMO_DIR), demo=True)
+
+def no_data_message() -> str:
+    return (f"no competition data in {competition_dir()}/, {input_dir()}/{competition.NAME}.zip or "
+            f"{competition.kaggle_input()}/: get it with `make download`, or give DATA=<folder or zip>")
 
 
 # ---------------------------------------------------------------- demo set
@@ -284,10 +299,6 @@ def demo_notice() -> str:
 # ---------------------------------------------------------------- loading with a cache
 
 
-def cache_dir() -> Path:
-    return INPUT_DIR / ".cache"
-
-
 def _stat_key(source: Source) -> str:
     """The files' path, size and modification time: a change to any of them means re-reading the bytes."""
     files = [source.path] if source.path.suffix == ".zip" else [source.path / name for name in FILES]
@@ -312,21 +323,23 @@ def parse_all(raws: dict[str, bytes], source: Source) -> tuple[np.ndarray, np.nd
     return train_images, train_labels, test_images
 
 
-def load(source: Source) -> Dataset:
-    """Parse and validate the three files, or load them from the cache keyed by their content. A small
-    index keyed by the files' size and mtime names that content key, so a warm load reads neither the
-    128 MB of CSV (or the zip) nor hashes it; touching or replacing a file goes back to its content."""
+def load(source: Source, cache: Path | None = None) -> Dataset:
+    """Parse and validate the three files, or load them from the cache (input/.cache/, or `cache`) keyed
+    by their content. A small index keyed by the files' size and mtime names that content key, so a warm
+    load reads neither the 128 MB of CSV (or the zip) nor hashes it; touching or replacing a file goes
+    back to its content."""
+    cache = cache or cache_dir()
     stat_key = _stat_key(source)
-    index = cache_dir() / f"{stat_key}.key"
+    index = cache / f"{stat_key}.key"
     key = index.read_text().strip() if stat_key and index.is_file() else ""
-    cached = cache_dir() / f"{key}.npz"
+    cached = cache / f"{key}.npz"
     if not (key and cached.is_file()):
         raws = {name: source.read(name) for name in FILES}
         digest = hashlib.sha1(CACHE_VERSION.encode())
         for name in FILES:
             digest.update(hashlib.sha1(raws[name]).digest())
         key = digest.hexdigest()
-        cached = cache_dir() / f"{key}.npz"
+        cached = cache / f"{key}.npz"
         if not cached.is_file():
             train_images, train_labels, test_images = parse_all(raws, source)
             fileio.write_npz(cached, train_images=train_images, train_labels=train_labels, test_images=test_images)
@@ -338,6 +351,8 @@ def load(source: Source) -> Dataset:
 
 def load_data(data: str | None, announce=print) -> Dataset:
     source = locate(data)
+    if source is None:
+        raise UserError(no_data_message())
     if source.demo:
         print(demo_notice(), file=sys.stderr)
     dataset = load(source)

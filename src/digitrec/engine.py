@@ -9,12 +9,13 @@ window at the end of an epoch.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +28,9 @@ from .augment import random_affine, tta_views
 from .config import Config
 from .distributed import ALONE, Ranks, gather, sum_
 from .errors import TrainingDiverged, UserError
-from .models import model_from_config
+from .models import load_weights, model_from_config
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 def select_device(name: str) -> torch.device:
@@ -88,6 +89,18 @@ def predict_proba(model: nn.Module, images: torch.Tensor, cfg: Config, device: t
     return torch.cat(out).numpy().astype(np.float32)
 
 
+def build_net(cfg: Config, device: torch.device) -> nn.Module:
+    """cfg's model on the device, in the memory layout it trains and predicts in: every net of the
+    project (trained, loaded, timed or costed) is built here."""
+    model = model_from_config(cfg).to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def load_net(unit_dir: Path, cfg: Config, device: torch.device) -> nn.Module:
+    """A finished net: unit_dir/weights.pt in the net build_net makes for its config."""
+    return load_weights(build_net(cfg, device), unit_dir / "weights.pt")
+
+
 @dataclass
 class FoldData:
     """Tensors already on the device: all training images and labels, this fold's index split, test."""
@@ -120,7 +133,7 @@ class Schedule:
 
 def make_optimizer(model: nn.Module, cfg: Config, schedule: Schedule):
     from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
+    from timm.scheduler import create_scheduler_v2
 
     lr = cfg.scaled_lr
     try:
@@ -133,20 +146,93 @@ def make_optimizer(model: nn.Module, cfg: Config, schedule: Schedule):
         near = difflib.get_close_matches(cfg.optimizer.lower(), list_optimizers(), n=3)
         hint = f" (did you mean {' or '.join(near)}?)" if near else " (see timm.optim.list_optimizers())"
         raise UserError(f"optimizer '{cfg.optimizer}' is not a timm optimizer{hint}: {e}") from None
-    # the schedule counts optimizer steps (t_in_epochs=False), so it is the same whatever BS x ACCUM is
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=max(1, schedule.total_steps - schedule.warmup_steps), lr_min=lr * cfg.min_lr_ratio,
-        warmup_t=schedule.warmup_steps, warmup_lr_init=lr * 0.01, warmup_prefix=True, t_in_epochs=False)
+    # counted in optimizer steps (timm's "epochs" of one update each), so the curve is the same whatever
+    # BS x ACCUM is, and the warm-up is Schedule's whole number of steps (a fractional warmup_epochs rounded,
+    # at most half the run) rather than timm's warmup_epochs x steps per epoch
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=max(1, schedule.total_steps - schedule.warmup_steps),
+        min_lr=lr * cfg.min_lr_ratio, warmup_lr=lr * 0.01, warmup_epochs=schedule.warmup_steps,
+        warmup_prefix=True, step_on_epochs=False, updates_per_epoch=1)
     return optimizer, scheduler
 
 
+@dataclass
+class Trainer:
+    """Everything one net trains with, as make_trainer builds it for train_net, preflight and the bench."""
+
+    cfg: Config
+    device: torch.device
+    ranks: Ranks
+    schedule: Schedule
+    model: nn.Module  # the weights: what the EMA follows and resume.pt keeps
+    forward: nn.Module  # what the step calls: the model, wrapped in DDP (WORLD_SIZE > 1) and compiled (compile)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm's CosineLRScheduler
+    ema: Any  # timm's ModelEmaV3, or None (ema: false)
+    step: int = 0  # optimizer steps taken
+
+    @property
+    def final(self) -> nn.Module:
+        """The weights that validate and predict: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def start_epoch(self, train_idx: torch.Tensor, order: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Training mode, and the epoch's windows: a permutation of train_idx drawn from `order` (the same
+        on every rank), in windows of BS x ACCUM x WORLD_SIZE indices. Every rank gets the same number of
+        micro-batches per window: the epoch is cut to a multiple of the world size (at most world - 1
+        images an epoch, a different few each time)."""
+        self.model.train()
+        n = len(train_idx) - len(train_idx) % self.ranks.world
+        return train_idx[torch.randperm(len(train_idx), generator=order)[:n]].split(self.schedule.window)
+
+    def update(self, window: torch.Tensor, data: FoldData) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over `window`, the LR schedule's step and the EMA's update: the body of
+        train_net's loop, and what the bench times. Returns train_step's (loss sum, correct)."""
+        out = train_step(self.forward, self.optimizer, window, data, self.cfg, self.device, ranks=self.ranks)
+        self.step += 1
+        self.scheduler.step_update(num_updates=self.step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+
+
+def make_trainer(cfg: Config, device: torch.device, n_train: int, ranks: Ranks = ALONE) -> Trainer:
+    """The net (build_net), its timm optimizer and LR schedule for epochs of n_train rows, its EMA, and
+    the module the step calls: wrapped in DistributedDataParallel when ranks.world > 1 (which starts
+    every rank from rank 0's weights) and compiled with compile=true."""
+    from timm.utils import ModelEmaV3
+
+    model = build_net(cfg, device)
+    schedule = Schedule(n_train, cfg)
+    optimizer, scheduler = make_optimizer(model, cfg, schedule)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+    forward = model
+    if ranks.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    forward = torch.compile(forward) if cfg.compile else forward
+    return Trainer(cfg, device, ranks, schedule, model, forward, optimizer, scheduler, ema)
+
+
 def preflight(cfg: Config, device_name: str | None = None) -> torch.device:
-    """The device (cfg.device, or this rank's own), and the model and optimizer built once, before a
-    run writes anything: a setting only torch or timm can check (device=cuda without CUDA,
+    """The device (cfg.device, or this rank's own), and a net's whole training set-up built once, before
+    a run writes anything: a setting only torch or timm can check (device=cuda without CUDA,
     timm:<name>, optimizer) fails here."""
     device = select_device(device_name or cfg.device)
-    model = model_from_config(cfg)
-    make_optimizer(model, cfg, Schedule(100 * cfg.effective_batch, cfg))  # 100 steps an epoch: no timm warning
+    make_trainer(cfg, device, cfg.effective_batch)
     return device
 
 
@@ -210,67 +296,56 @@ def _check_finite(loss: float, which: str, label: str, epoch: int, cfg: Config) 
             f"(now {cfg.scaled_lr:.3g}) or raise the effective batch BS x ACCUM (now {cfg.effective_batch})")
 
 
+def predict_net(model: nn.Module, data: FoldData, cfg: Config, device: torch.device, unit_dir: Path,
+                label: str) -> tuple[np.ndarray, np.ndarray]:
+    """A finished net's probabilities (TTA as cfg.tta says) for its held-out rows (none in a refit) and the
+    test rows, written to unit_dir/val_probs.npy and test_probs.npy: after training, and by `make predict`."""
+    val_probs = predict_proba(model, data.images[data.val_idx.to(data.images.device)], cfg, device, cfg.tta)
+    test_probs = predict_proba(model, data.test_images, cfg, device, cfg.tta)
+    if not (np.isfinite(val_probs).all() and np.isfinite(test_probs).all()):
+        _check_finite(float("nan"), "prediction", label, cfg.epochs - 1, cfg)
+    fileio.write_npy(unit_dir / "val_probs.npy", val_probs)
+    fileio.write_npy(unit_dir / "test_probs.npy", test_probs)
+    return val_probs, test_probs
+
+
 def train_net(cfg: Config, data: FoldData, seed: int, label: str, unit_dir: Path, device: torch.device,
-              log: Log = print, ranks: Ranks = ALONE) -> FoldOutput:
+              ranks: Ranks = ALONE) -> FoldOutput:
     """Train one net on data.train_idx (resuming from unit_dir/resume.pt when it exists) and predict its
     val rows (none in a refit) and the test rows. `seed` fixes its initialisation and batch order;
     `label` ("fold 2 member 1", "refit member 0") names it in logs and errors.
 
     Writes unit_dir/resume.pt after every epoch (everything needed to continue exactly: model,
-    optimizer, scheduler, EMA, RNG states, history) and unit_dir/weights.pt at the end. Windows never
-    straddle an epoch, so at an epoch boundary the accumulation position is always zero.
+    optimizer, scheduler, EMA, RNG states, history), then unit_dir/weights.pt and the predictions
+    (predict_net). Windows never straddle an epoch, so at an epoch boundary the accumulation position
+    is always zero.
 
-    With ranks.world > 1 every rank calls this with the same arguments: the model is wrapped in
-    DistributedDataParallel (which starts every rank from rank 0's weights), all ranks draw the same
-    permutation and each trains on its shard of every window; only rank 0 writes.
+    With ranks.world > 1 every rank calls this with the same arguments: each trains on its shard of every
+    window (make_trainer wraps the model in DDP); all ranks draw the same permutation; only rank 0 writes.
     """
-    from timm.utils import ModelEmaV3
-
     torch.manual_seed(seed + 7919 * ranks.rank)  # the ranks' augmentation and dropout draws differ
     order = torch.Generator().manual_seed(seed)  # the batch order is the same on every rank
-    model = model_from_config(cfg).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    schedule = Schedule(len(data.train_idx), cfg)
-    optimizer, scheduler = make_optimizer(model, cfg, schedule)
-    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
-    forward = model
-    if ranks.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    forward = torch.compile(forward) if cfg.compile else forward
+    trainer = make_trainer(cfg, device, len(data.train_idx), ranks)
 
     resume_path = unit_dir / "resume.pt"
-    start_epoch, step, history = 0, 0, []
+    start_epoch, history = 0, []
     if resume_path.exists():
         state = fileio.read_torch(resume_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
+        trainer.load_state_dict(state)
         _set_rng_state(state["rng"][ranks.rank % len(state["rng"])], order, device)
-        start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        log(f"{label}: resuming after epoch {start_epoch}/{cfg.epochs}")
+        start_epoch, history = state["epoch"], state["history"]
+        log.info(f"{label}: resuming after epoch {start_epoch}/{cfg.epochs}")
 
-    # every rank gets the same number of micro-batches per window: the epoch is cut to a multiple of the
-    # world size (at most world - 1 images an epoch, a different few each time)
-    n_train = len(data.train_idx) - len(data.train_idx) % ranks.world
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
-        model.train()
-        perm = data.train_idx[torch.randperm(len(data.train_idx), generator=order)[:n_train]]
+        windows = trainer.start_epoch(data.train_idx, order)
+        n_train = sum(len(window) for window in windows)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(perm.split(schedule.window), desc=f"{label} epoch {epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=not (cfg.progress and ranks.is_main), unit="step", dynamic_ncols=True)
+        bar = tqdm(windows, desc=f"{label} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (cfg.progress and ranks.is_main), unit="step", dynamic_ncols=True)
         for window in bar:
-            window_loss, window_correct = train_step(forward, optimizer, window, data, cfg, device, ranks=ranks)
-            step += 1
-            scheduler.step_update(num_updates=step)
-            if ema is not None:
-                ema.update(model, step=step)
+            window_loss, window_correct = trainer.update(window, data)
             loss_sum += window_loss
             correct += window_correct
         sum_(loss_sum, ranks)  # the epoch's figures over every rank's shard
@@ -280,27 +355,19 @@ def train_net(cfg: Config, data: FoldData, seed: int, label: str, unit_dir: Path
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct.item() / n_train}
         line = f"{label} epoch {epoch + 1:>2}/{cfg.epochs}  train loss {train_loss:.4f} acc {record['train_acc']:.2%}"
         if len(data.val_idx):  # a refit has no held-out rows
-            val_loss, val_acc = _evaluate(ema.module if ema is not None else model, data, cfg, device)
+            val_loss, val_acc = _evaluate(trainer.final, data, cfg, device)
             _check_finite(val_loss, "validation", label, epoch, cfg)  # the weights the step left behind
             record.update(val_loss=val_loss, val_acc=val_acc)
             line += f"  val loss {val_loss:.4f} acc {val_acc:.2%}"
-        record.update(lr=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started)
+        record.update(lr=trainer.optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started)
         history.append(record)
         rng = gather(_rng_state(order, device), ranks)  # every rank's generators, kept by rank 0
         if ranks.is_main:
-            log(f"{line}  lr {record['lr']:.2e}  {record['seconds']:.1f}s")
-            fileio.write_torch(resume_path, {
-                "epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else {},
-                "rng": rng, "history": history})
+            log.info(f"{line}  lr {record['lr']:.2e}  {record['seconds']:.1f}s")
+            fileio.write_torch(resume_path, {"epoch": epoch + 1, **trainer.state_dict(), "rng": rng,
+                                             "history": history})
 
-    final = ema.module if ema is not None else model
     if not ranks.is_main:  # rank 0 predicts and writes; the weights are the same on every rank
         return FoldOutput(np.zeros((0, 10), np.float32), np.zeros((0, 10), np.float32), history)
-    fileio.write_torch(unit_dir / "weights.pt", final.state_dict())
-    val_probs = predict_proba(final, data.images[data.val_idx.to(data.images.device)], cfg, device, cfg.tta)
-    test_probs = predict_proba(final, data.test_images, cfg, device, cfg.tta)
-    if not (np.isfinite(val_probs).all() and np.isfinite(test_probs).all()):
-        _check_finite(float("nan"), "prediction", label, cfg.epochs - 1, cfg)
-    return FoldOutput(val_probs, test_probs, history)
-
+    fileio.write_torch(unit_dir / "weights.pt", trainer.final.state_dict())
+    return FoldOutput(*predict_net(trainer.final, data, cfg, device, unit_dir, label), history)

@@ -101,3 +101,13 @@ def read_torch(path: str | os.PathLike) -> Any:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object from a file that may be missing or hand-edited (kaggle.json, a submission's sidecar);
+    {} when it is absent, unreadable or not an object."""
+    try:
+        value = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -1,9 +1,10 @@
-"""`make kernel`: kernel/ holds kernel-metadata.json and one script that carries this package, so a Kaggle
-kernel (GPU on, internet off, no pip) trains with the same pipeline; and `run_in_kernel`, what that
-script calls once it is running there.
+"""The Kaggle kernel: `build` writes kernel-metadata.json and one script that carries this package, so a
+kernel (GPU on, internet off, no pip) trains with the same pipeline; `run_in_kernel` is what that script
+calls once it is running there. (`make kernel` is commands.cmd_kernel.)
 
 Inside a kernel (KAGGLE_KERNEL_RUN_TYPE set) data comes from /kaggle/input (data.locate), runs and the
-final submission.csv go to /kaggle/working (runs.kaggle_working), and nothing is installed or uploaded.
+final submission.csv go to /kaggle/working (competition.kaggle_working), and nothing is installed or
+uploaded.
 """
 from __future__ import annotations
 
@@ -14,15 +15,13 @@ import re
 import sys
 from pathlib import Path
 
+from . import competition
 from . import config as config_mod
 from . import data as data_mod
-from . import fileio, runs
+from . import fileio
 from .errors import UserError
 
-KERNEL_DIR = Path("kernel")
-METADATA = "kernel-metadata.json"
 SCRIPT = "digitrec_kernel.py"
-COMPETITION = data_mod.COMPETITION_DIR.name  # digit-recognizer
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 SCRIPT_HEAD = '''"""digitrec on Kaggle: trains the pipeline in this kernel and writes /kaggle/working/submission.csv.
@@ -70,7 +69,7 @@ def build(out: Path, cfg: config_mod.Config, kernel_id: str) -> Path:
     # a local DATA= path means nothing on Kaggle: the kernel finds the competition under /kaggle/input
     cfg = dataclasses.replace(cfg, data=None)
     fileio.write_text(out / SCRIPT, render_script(cfg))
-    fileio.write_json(out / METADATA, {
+    fileio.write_json(out / competition.METADATA, {
         "id": kernel_id,
         "title": slug,  # Kaggle derives the slug from the title: keep them equal
         "code_file": SCRIPT,
@@ -80,7 +79,7 @@ def build(out: Path, cfg: config_mod.Config, kernel_id: str) -> Path:
         "enable_gpu": True,
         "enable_tpu": False,
         "enable_internet": False,
-        "competition_sources": [COMPETITION],
+        "competition_sources": [competition.NAME],
         "dataset_sources": [],
         "kernel_sources": [],
         "model_sources": [],
@@ -88,36 +87,20 @@ def build(out: Path, cfg: config_mod.Config, kernel_id: str) -> Path:
     return out
 
 
-def cmd_build(args) -> None:
-    from .kaggle_api import kaggle_username, split_options
-
-    options, settings = split_options(args.overrides, ("id",))
-    config_path = Path(args.config)
-    cfg = config_mod.load(config_path if config_path.is_file() else None, settings)
-    user = kaggle_username()
-    kernel_id = options.get("id") or (f"{user}/digitrec" if user else None)
-    if kernel_id is None:
-        raise UserError("the kernel's id needs your Kaggle username: set KAGGLE_USERNAME, or "
-                        "`make kernel ARGS=id=<username>/digitrec`")
-    build(KERNEL_DIR, cfg, kernel_id)
-    print(f"{KERNEL_DIR}/: {METADATA} (id {kernel_id}, GPU on, internet off, competition {COMPETITION}) and {SCRIPT} "
-          f"({(KERNEL_DIR / SCRIPT).stat().st_size} bytes, {cfg.epochs} epochs x {cfg.folds} folds); "
-          f"push it with `make kernel-push`")
-
-
 def run_in_kernel(settings: dict, scratch: Path) -> int:
     """Train with the embedded settings inside a Kaggle kernel; returns an exit status like the CLI's."""
-    from . import pipeline
+    from . import pipeline  # only here: building the kernel needs no training code
 
-    working = runs.kaggle_working()
+    working = competition.kaggle_working()
     try:
         if working is None:
             raise UserError("KAGGLE_KERNEL_RUN_TYPE is not set: this script runs inside a Kaggle kernel")
-        os.chdir(scratch)  # input/.cache and other scratch files stay out of the kernel's saved output
+        # the project is the scratch folder, so input/.cache stays out of the kernel's saved output
+        os.environ["DIGITREC_ROOT"] = str(scratch)
         source = data_mod.locate(None)
-        if source.demo:
-            raise UserError(f"no competition data under {data_mod.KAGGLE_INPUT}: add the '{COMPETITION}' "
-                            f"competition as this kernel's data source")
+        if source is None:
+            raise UserError(f"no competition data under {competition.kaggle_input()}: add the "
+                            f"'{competition.NAME}' competition as this kernel's data source")
         cfg = config_mod.load(None, {**settings, "data": str(source.path), "runs_dir": str(working / "runs"),
                                      "submissions_dir": str(working / "submissions"), "progress": False})
         print(f"digitrec from {PACKAGE_DIR}; data {source.path}; output {working}", flush=True)

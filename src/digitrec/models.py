@@ -1,6 +1,8 @@
 """The model registry: the default GroupNorm CNN, three plain conv stacks (3x3 / 5x5 / 7x7), the two MLPs of the batch-size write-up, timm models.
 
-Every model takes (B, 1, 28, 28) float images in [0, 1] and returns (B, 10) logits.
+Every model takes (B, 1, 28, 28) float images in [0, 1] and returns (B, 10) logits. The conv nets
+normalise with GroupNorm; `norm="batch"` swaps in BatchNorm, for the study that shows why the
+accumulation write-up dropped it (`make sweep STUDY=norm`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,21 @@ class Dropout(nn.Dropout):
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
+NORMS = ("group", "batch")
+
+
+def conv_block(c_in: int, c_out: int, kernel: int, stride: int, padding: int, norm: str, groups: int) -> nn.Module:
+    """conv -> norm -> ReLU. GroupNorm gets the largest divisor of c_out up to `groups` as its group
+    count (the plain stacks' channel counts are not all multiples of 8); BatchNorm has none."""
+    from timm.layers import ConvNormAct
+
+    if norm == "batch":
+        return ConvNormAct(c_in, c_out, kernel, stride, padding=padding, norm_layer="batchnorm")
+    n_groups = max(g for g in range(1, groups + 1) if c_out % g == 0)
+    return ConvNormAct(c_in, c_out, kernel, stride, padding=padding, norm_layer="groupnorm",
+                       norm_kwargs={"num_groups": n_groups})
+
+
 class GroupNormCNN(nn.Sequential):
     """Chris Deotte's digit CNN (the layout behind the 99.75% ensembles) with GroupNorm after every
     convolution instead of BatchNorm, so the result does not depend on the micro-batch: accumulating
@@ -33,12 +50,10 @@ class GroupNormCNN(nn.Sequential):
     padded layout at the same accuracy.
     """
 
-    def __init__(self, width: int = 32, groups: int = 8, dropout: float = 0.1, num_classes: int = 10):
-        from timm.layers import ConvNormAct
-
+    def __init__(self, width: int = 32, groups: int = 8, dropout: float = 0.1, num_classes: int = 10,
+                 norm: str = "group"):
         def block(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Module:
-            return ConvNormAct(c_in, c_out, kernel, stride, padding=padding, norm_layer="groupnorm",
-                               norm_kwargs={"num_groups": groups})
+            return conv_block(c_in, c_out, kernel, stride, padding, norm, groups)
 
         w1, w2, w3 = width, 2 * width, 4 * width
         super().__init__(
@@ -63,18 +78,14 @@ class PlainConvStack(nn.Sequential):
 
     LAYOUTS = {3: (10, 0.5), 5: (5, 1.0), 7: (4, 1.0)}  # kernel -> (convs, channel step as a fraction of width)
 
-    def __init__(self, kernel: int, width: int = 32, groups: int = 8, dropout: float = 0.0, num_classes: int = 10):
-        from timm.layers import ConvNormAct
-
+    def __init__(self, kernel: int, width: int = 32, groups: int = 8, dropout: float = 0.0, num_classes: int = 10,
+                 norm: str = "group"):
         convs, step = self.LAYOUTS[kernel]
         channels = [round(width * (1 + step * i)) for i in range(convs)]
         layers: list[nn.Module] = []
         c_in, side = 1, 28
         for c_out in channels:
-            # GroupNorm needs groups that divide the channels: the largest divisor of c_out up to `groups`
-            n_groups = max(g for g in range(1, groups + 1) if c_out % g == 0)
-            layers.append(ConvNormAct(c_in, c_out, kernel, padding=0, norm_layer="groupnorm",
-                                      norm_kwargs={"num_groups": n_groups}))
+            layers.append(conv_block(c_in, c_out, kernel, 1, 0, norm, groups))
             c_in, side = c_out, side - (kernel - 1)
         super().__init__(*layers, nn.Flatten(), Dropout(dropout), nn.Linear(c_in * side * side, num_classes))
 
@@ -109,30 +120,31 @@ def _timm_model(name: str, groups: int, dropout: float) -> nn.Module:
 
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "gn_cnn": lambda width, groups, dropout: GroupNormCNN(width, groups, dropout),
-    "gn_m3": lambda width, groups, dropout: PlainConvStack(3, width, groups, dropout),
-    "gn_m5": lambda width, groups, dropout: PlainConvStack(5, width, groups, dropout),
-    "gn_m7": lambda width, groups, dropout: PlainConvStack(7, width, groups, dropout),
-    "mlp1": lambda width, groups, dropout: MLP((1024,)),
-    "mlp2": lambda width, groups, dropout: MLP((1024, 1024)),
+    "gn_cnn": lambda width, groups, dropout, norm: GroupNormCNN(width, groups, dropout, norm=norm),
+    "gn_m3": lambda width, groups, dropout, norm: PlainConvStack(3, width, groups, dropout, norm=norm),
+    "gn_m5": lambda width, groups, dropout, norm: PlainConvStack(5, width, groups, dropout, norm=norm),
+    "gn_m7": lambda width, groups, dropout, norm: PlainConvStack(7, width, groups, dropout, norm=norm),
+    "mlp1": lambda width, groups, dropout, norm: MLP((1024,)),
+    "mlp2": lambda width, groups, dropout, norm: MLP((1024, 1024)),
 }
 MODEL_NAMES = list(REGISTRY)
+NORMALISED = ("gn_cnn", "gn_m3", "gn_m5", "gn_m7")  # the models whose norm layer `norm` picks
 
 
 def is_known_model(name: str) -> bool:
     return name in REGISTRY or (name.startswith("timm:") and len(name) > 5)
 
 
-def build_model(name: str, width: int = 32, groups: int = 8, dropout: float = 0.1) -> nn.Module:
+def build_model(name: str, width: int = 32, groups: int = 8, dropout: float = 0.1, norm: str = "group") -> nn.Module:
     if name.startswith("timm:"):
         return _timm_model(name[5:], groups, dropout)
     if name not in REGISTRY:
         raise UserError(f"unknown model '{name}'; known: {', '.join(MODEL_NAMES)}, or timm:<name>")
-    return REGISTRY[name](width, groups, dropout)
+    return REGISTRY[name](width, groups, dropout, norm)
 
 
 def model_from_config(cfg) -> nn.Module:
-    return build_model(cfg.model, cfg.width, cfg.groups, cfg.dropout)
+    return build_model(cfg.model, cfg.width, cfg.groups, cfg.dropout, cfg.norm)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,27 +8,24 @@ here (finished nets are skipped) and per epoch in the engine.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import config as config_mod
 from . import data as data_mod
-from . import distributed, engine, fileio, runs
+from . import competition, distributed, engine, fileio, logs, runs
 from .config import Config
 from .errors import UserError
 from .folds import make_folds, stratified_subset
 from .metrics import classification_metrics
-from .models import load_weights, model_from_config
 from .submission import make_submission, write_submission
 
-
-def log(message: str) -> None:
-    tqdm.write(message)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,7 +45,7 @@ def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, np.ndarr
         saved = np.load(run_dir / "folds.npz")
         same_data = fileio.read_json(run_dir / "data.json")["content_hash"] == dataset.content_hash
         if same_data and np.array_equal(saved["rows"], rows) and np.array_equal(saved["fold_of"], fold_of):
-            log(f"resuming run {run_dir}")
+            log.info(f"resuming run {run_dir}")
             fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
             return run_dir, rows, fold_of
     run_dir = runs.new_run_dir(cfg)
@@ -58,7 +55,7 @@ def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, np.ndarr
     fileio.write_npz(run_dir / "folds.npz", rows=rows, fold_of=fold_of)
     # config.yaml last: a folder killed before it is no run at all (runs.list_runs ignores it)
     fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
-    log(f"run folder: {run_dir}")
+    log.info(f"run folder: {run_dir}")
     return run_dir, rows, fold_of
 
 
@@ -112,27 +109,28 @@ def units_to_train(cfg: Config, folds: list[int] | None = None, refit: bool | No
     return cv + ([Unit(None, j) for j in members] if (cfg.refit if refit is None else refit) else [])
 
 
-def _save_unit(unit_dir: Path, out: engine.FoldOutput, seconds: float) -> None:
-    fileio.write_npy(unit_dir / "val_probs.npy", out.val_probs)
-    fileio.write_npy(unit_dir / "test_probs.npy", out.test_probs)
-    fileio.write_json(unit_dir / "history.json", out.history)
-    fileio.write_json(unit_dir / "done.json", {"seconds": seconds, "epochs": len(out.history)})
+def _save_unit(unit_dir: Path, history: list[dict], seconds: float) -> None:
+    """A trained net's history, then done.json (the net is finished: its weights and predictions are
+    written by then), and its resume point is no longer needed."""
+    fileio.write_json(unit_dir / "history.json", history)
+    fileio.write_json(unit_dir / "done.json", {"seconds": seconds, "epochs": len(history)})
     (unit_dir / "resume.pt").unlink(missing_ok=True)
 
 
 def _describe(cfg: Config, members: list[Config]) -> None:
     per_step = f" x WORLD {cfg.world_size}" if cfg.world_size > 1 else ""
-    log(f"model: {cfg.model}  BS {cfg.batch_size} x ACCUM {cfg.accum}{per_step} = {cfg.effective_batch}  "
-        f"lr {cfg.scaled_lr:.3g}  epochs {cfg.epochs}" + ("  + refit on all rows" if cfg.refit else ""))
+    log.info(f"model: {cfg.model}  BS {cfg.batch_size} x ACCUM {cfg.accum}{per_step} = {cfg.effective_batch}  "
+             f"lr {cfg.scaled_lr:.3g}  epochs {cfg.epochs}" + ("  + refit on all rows" if cfg.refit else ""))
     if cfg.members:
         for j, (member, overrides) in enumerate(zip(members, cfg.members)):
-            log(f"member {j}: {member.model} width {member.width}, {member.epochs} epochs, seed {member.seed}, "
-                f"lr {member.scaled_lr:.3g}" + (f"  ({', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else ""))
+            log.info(f"member {j}: {member.model} width {member.width}, {member.epochs} epochs, seed {member.seed}, "
+                     f"lr {member.scaled_lr:.3g}" + (f"  ({', '.join(f'{k}={v}' for k, v in overrides.items())})" if overrides else ""))
 
 
 def train(cfg: Config) -> RunResult:
     """Train every net of the run, then build its metrics and submission. Under torchrun (WORLD_SIZE > 1)
     every rank calls this; rank 0 returns the result, the others a RunResult without a submission."""
+    logs.setup()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ranks = distributed.launched()
@@ -150,15 +148,10 @@ def train(cfg: Config) -> RunResult:
 
 def _train(cfg: Config, device: torch.device, ranks: distributed.Ranks) -> RunResult:
     by_folds = cfg.parallel == "folds" and ranks.world > 1
-    if ranks.is_main:
-        say = log
-    elif by_folds:  # each rank trains nets of its own: its lines, marked
-        say = lambda message: log(f"[rank {ranks.rank}] {message}")  # noqa: E731
-    else:  # data-parallel: rank 0 speaks for all
-        say = _quiet
+    logs.for_rank(ranks.rank, own_nets=by_folds)
     if not ranks.is_main:
         distributed.barrier(ranks)  # rank 0 unpacks and caches the data first; the others then read it
-    dataset = data_mod.load_data(cfg.data, announce=log if ranks.is_main else _quiet)
+    dataset = data_mod.load_data(cfg.data, announce=log.info if ranks.is_main else _quiet)
     if ranks.is_main:
         distributed.barrier(ranks)
         prepared = _prepare_run(cfg, dataset)
@@ -167,7 +160,7 @@ def _train(cfg: Config, device: torch.device, ranks: distributed.Ranks) -> RunRe
     if ranks.is_main:
         mode = "one process" if ranks.world == 1 else \
             f"{ranks.world} processes, {'whole nets per rank' if by_folds else 'data-parallel (DDP)'}"
-        log(f"device: {device} ({torch.get_num_threads()} threads), {mode}")
+        log.info(f"device: {device} ({torch.get_num_threads()} threads), {mode}")
         _describe(cfg, members)
     tensors = _on_device(dataset, rows, device)
     labels = dataset.train_labels[rows]
@@ -178,21 +171,20 @@ def _train(cfg: Config, device: torch.device, ranks: distributed.Ranks) -> RunRe
         # a data-parallel net is skipped by every rank or by none: rank 0's view of the folder decides
         done = unit.is_done(run_dir) if by_folds else distributed.share(unit.is_done(run_dir), ranks)
         if done:
-            say(f"{label}: already finished, skipped")
+            log.info(f"{label}: already finished, skipped")
             continue
         started = time.perf_counter()
         member = members[unit.member]
         out = engine.train_net(member, _fold_data(tensors, fold_of, unit.fold), unit.seed(member, cfg.folds),
-                               label, unit.dir(run_dir), device, say,
-                               ranks=distributed.ALONE if by_folds else ranks)
+                               label, unit.dir(run_dir), device, ranks=distributed.ALONE if by_folds else ranks)
         if not (by_folds or ranks.is_main):
             continue  # a data-parallel net's files are rank 0's to write
         seconds = time.perf_counter() - started
-        _save_unit(unit.dir(run_dir), out, seconds)
+        _save_unit(unit.dir(run_dir), out.history, seconds)
         if unit.fold is not None:
-            say(f"{label}: val accuracy {_accuracy(out.val_probs, labels[fold_of == unit.fold]):.4%} in {seconds:.0f}s")
+            log.info(f"{label}: val accuracy {_accuracy(out.val_probs, labels[fold_of == unit.fold]):.4%} in {seconds:.0f}s")
         else:
-            say(f"{label}: trained on all {len(labels)} rows in {seconds:.0f}s")
+            log.info(f"{label}: trained on all {len(labels)} rows in {seconds:.0f}s")
     if not ranks.is_main:
         return RunResult(run_dir, None, {})
     if by_folds:
@@ -209,7 +201,7 @@ def _wait_for(units: list[Unit], run_dir: Path, poll_s: float = 2.0) -> None:
     dies makes torchrun stop this one too, so the wait cannot outlive the job."""
     waiting = [u for u in units if not u.is_done(run_dir)]
     if waiting:
-        log(f"waiting for {len(waiting)} net(s) of the other ranks")
+        log.info(f"waiting for {len(waiting)} net(s) of the other ranks")
     while waiting:
         time.sleep(poll_s)
         waiting = [u for u in waiting if not u.is_done(run_dir)]
@@ -254,23 +246,23 @@ def finish(run_dir: Path, cfg: Config, labels: np.ndarray, fold_of: np.ndarray, 
     fileio.write_npy(run_dir / "oof_probs.npy", oof)
     fileio.write_npy(run_dir / "test_probs.npy", test)
 
-    submissions = Path(cfg.submissions_dir)
+    submissions = runs.submissions_root(cfg)
     sub_path = submissions / f"{run_dir.name}{'.DEMO' if demo else ''}.csv"
     sha = write_submission(make_submission(test), sub_path, expected_rows=test.shape[1])
     fileio.write_json(sub_path.with_suffix(".json"), {
         "run": str(run_dir), "demo_data": demo, "folds": done, "oof_accuracy": metrics["oof"]["accuracy"],
         "submission_from": metrics["submission_from"], "sha256": sha})
-    working = runs.kaggle_working()
+    working = competition.kaggle_working()
     if working is not None:  # a Kaggle kernel's output is /kaggle/working/submission.csv
         fileio.write_bytes(working / "submission.csv", sub_path.read_bytes())
     metrics["submission"] = str(sub_path)
     fileio.write_json(run_dir / "metrics.json", metrics)
     oof_acc = metrics["oof"]["accuracy"]
     for j, member in enumerate(metrics.get("members", [])):
-        log(f"member {j}: OOF {member['oof_accuracy']:.4%}; members 0..{j} averaged {member['ensemble_of_first_oof_accuracy']:.4%}")
-    log(f"OOF CV accuracy {oof_acc:.4%} over {metrics['oof']['rows']} rows ({len(done)}/{cfg.folds} folds"
-        f"{f', {n_members} members' if n_members > 1 else ''}), log-loss {metrics['oof']['log_loss']:.4f}; "
-        f"submission from the {metrics['submission_from']}")
+        log.info(f"member {j}: OOF {member['oof_accuracy']:.4%}; members 0..{j} averaged {member['ensemble_of_first_oof_accuracy']:.4%}")
+    log.info(f"OOF CV accuracy {oof_acc:.4%} over {metrics['oof']['rows']} rows ({len(done)}/{cfg.folds} folds"
+             f"{f', {n_members} members' if n_members > 1 else ''}), log-loss {metrics['oof']['log_loss']:.4f}; "
+             f"submission from the {metrics['submission_from']}")
     return RunResult(run_dir, sub_path, metrics)
 
 
@@ -294,7 +286,7 @@ def open_run(run_dir: Path, overrides: dict | None = None) -> SavedRun:
     """Read a run folder back, checking that the data found now is the data it was trained on."""
     cfg = config_mod.load(run_dir / "config.yaml", overrides)
     record = fileio.read_json(run_dir / "data.json")
-    dataset = data_mod.load_data(cfg.data, announce=log)
+    dataset = data_mod.load_data(cfg.data, announce=log.info)
     if dataset.content_hash != record["content_hash"]:
         raise UserError(f"{run_dir}: was trained on other data than {dataset.source} (content hash differs)")
     saved = np.load(run_dir / "folds.npz")
@@ -303,6 +295,7 @@ def open_run(run_dir: Path, overrides: dict | None = None) -> SavedRun:
 
 def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) -> RunResult:
     """Rebuild a run's predictions and submission from the saved weights of its finished nets."""
+    logs.setup()
     saved = open_run(runs.resolve_run(run, runs_dir), {"tta": tta} if tta is not None else None)
     cfg, run_dir = saved.cfg, saved.run_dir
     device = engine.select_device(cfg.device)
@@ -311,17 +304,8 @@ def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) ->
     for unit in units_to_train(cfg, folds=list(range(cfg.folds)), refit=True):  # every net that may exist
         if not unit.is_done(run_dir):
             continue
-        member, unit_dir = members[unit.member], unit.dir(run_dir)
-        model = load_net(unit_dir, member, device)
-        fold = _fold_data(tensors, saved.fold_of, unit.fold)
-        val_images = fold.images[fold.val_idx.to(device)]
-        fileio.write_npy(unit_dir / "val_probs.npy", engine.predict_proba(model, val_images, member, device, member.tta))
-        fileio.write_npy(unit_dir / "test_probs.npy", engine.predict_proba(model, fold.test_images, member, device, member.tta))
-        log(f"{unit.label(len(members))}: predicted from {unit_dir / 'weights.pt'}")
+        member, unit_dir, label = members[unit.member], unit.dir(run_dir), unit.label(len(members))
+        engine.predict_net(engine.load_net(unit_dir, member, device), _fold_data(tensors, saved.fold_of, unit.fold),
+                           member, device, unit_dir, label)
+        log.info(f"{label}: predicted from {unit_dir / 'weights.pt'}")
     return finish(run_dir, cfg, saved.labels, saved.fold_of, demo=saved.dataset.demo)
-
-
-def load_net(unit_dir: Path, member: Config, device: torch.device) -> torch.nn.Module:
-    """A finished net's weights in its member's model, on the device, in the layout it trained in."""
-    model = load_weights(model_from_config(member), unit_dir / "weights.pt").to(device)
-    return model.to(memory_format=torch.channels_last) if member.channels_last else model

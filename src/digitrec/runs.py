@@ -14,24 +14,21 @@ A run folder holds:
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from . import config as config_mod
+from .competition import in_project
 from .config import Config
 from .errors import UserError
 
 
-def kaggle_working() -> Path | None:
-    """In a Kaggle kernel everything is written under /kaggle/working (the rest is read-only)."""
-    if not os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):
-        return None
-    return Path(os.environ.get("DIGITREC_KAGGLE_WORKING", "/kaggle/working"))  # remapped by the kernel test
-
-
 def runs_root(cfg: Config) -> Path:
-    return Path(cfg.runs_dir)
+    return in_project(cfg.runs_dir)
+
+
+def submissions_root(cfg: Config) -> Path:
+    return in_project(cfg.submissions_dir)
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -82,7 +79,7 @@ def find_resumable(cfg: Config) -> Path | None:
 
 def resolve_run(run: str | None, runs_dir: str = "runs") -> Path:
     """RUN=<name or path>; the newest run when not given."""
-    root = Path(runs_dir)
+    root = in_project(runs_dir)
     if run:
         for candidate in (Path(run), root / run):
             if (candidate / "config.yaml").is_file():

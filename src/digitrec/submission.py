@@ -9,10 +9,8 @@ import numpy as np
 import pandas as pd
 
 from . import fileio
+from .competition import SAMPLE_HEADER, TEST_ROWS
 from .errors import UserError
-
-HEADER = ["ImageId", "Label"]
-COMPETITION_ROWS = 28000
 
 
 def make_submission(test_probs: np.ndarray) -> pd.DataFrame:
@@ -23,11 +21,11 @@ def make_submission(test_probs: np.ndarray) -> pd.DataFrame:
 
 def check_submission(frame: pd.DataFrame, expected_rows: int, where: str) -> None:
     """What Kaggle will check: the header, one row per test image, ImageId 1..M once each, Label 0..9."""
-    if list(frame.columns) != HEADER:
-        raise UserError(f"{where}: header is {','.join(map(str, frame.columns))}, expected {','.join(HEADER)}")
+    if list(frame.columns) != SAMPLE_HEADER:
+        raise UserError(f"{where}: header is {','.join(map(str, frame.columns))}, expected {','.join(SAMPLE_HEADER)}")
     if len(frame) != expected_rows:
         raise UserError(f"{where}: has {len(frame)} rows, expected {expected_rows} (one per test image)")
-    for column in HEADER:
+    for column in SAMPLE_HEADER:
         if not pd.api.types.is_integer_dtype(frame[column]):
             bad = pd.to_numeric(frame[column], errors="coerce")
             row = int(np.flatnonzero(bad.isna() | (bad != bad.round()))[0])
@@ -43,7 +41,7 @@ def check_submission(frame: pd.DataFrame, expected_rows: int, where: str) -> Non
         raise UserError(f"{where}: line {row + 2}: Label {labels[row]} is outside 0..9")
 
 
-def read_submission(path: Path, expected_rows: int = COMPETITION_ROWS) -> pd.DataFrame:
+def read_submission(path: Path, expected_rows: int = TEST_ROWS) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path}: submission file not found")
     try:
