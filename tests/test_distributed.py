@@ -44,10 +44,14 @@ def train_command(nproc: int, demo_dir: Path, *settings: str) -> list[str]:
                     f"DATA={demo_dir}", "width=8", "progress=false", *settings)
 
 
-def test_two_ranks_of_bs_64_step_like_one_process_of_bs_128(tmp_path: Path) -> None:
+def test_two_ranks_of_bs_64_step_like_one_process_of_bs_64_x_accum_2(tmp_path: Path) -> None:
+    # The reference runs the same micro-batches (64 x ACCUM 2 = 128 a step) in one process, so the only
+    # difference left is the sharding and the all-reduce. Against one batch of 128 the weights differ by
+    # ~2e-5 after 4 steps even in one process: torch 2.14's CPU convolutions sum a batch of 64 in another
+    # order than one of 128; that BS x ACCUM equals one batch is test_accumulation's claim (one step, 1e-6).
     script = str(ROOT / "tests" / "ddp_step.py")
     one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.run([sys.executable, script, str(one), "128"], env=env(tmp_path), capture_output=True,
+    single = subprocess.run([sys.executable, script, str(one), "64", "2"], env=env(tmp_path), capture_output=True,
                             text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     pair = subprocess.run(torchrun(2, script, str(two), "64"), env=env(tmp_path), capture_output=True, text=True,
@@ -55,7 +59,7 @@ def test_two_ranks_of_bs_64_step_like_one_process_of_bs_128(tmp_path: Path) -> N
     assert pair.returncode == 0, pair.stderr[-3000:]
     a, b = fileio.read_torch(one / "weights.pt"), fileio.read_torch(two / "weights.pt")
     for name, value in a.items():
-        torch.testing.assert_close(b[name], value, rtol=0, atol=1e-5, msg=f"{name} differs")
+        torch.testing.assert_close(b[name], value, rtol=0, atol=2e-6, msg=f"{name} differs")
     # 448 rows / (2 x 64) = 4 steps: the weights must have moved for "equal" to mean much
     torch.manual_seed(3)
     init = model_from_config(config.load(None, dict(width=8, dropout=0.0))).state_dict()

@@ -51,6 +51,7 @@ class Config:
     rotate: float = 10.0  # degrees, +-
     scale: float = 0.1  # fraction, +-
     shift: float = 0.1  # fraction of the image side, +-
+    elastic: float = 0.0  # elastic distortion: largest control-point displacement in pixels (0: off)
     tta: bool = True  # average predictions over nine views: the image, 1-pixel shifts, +-5 deg, +-5% zoom
     # --- ensemble (pipeline.py): members trained per fold and in the refit, their probabilities averaged
     members: list | None = None  # each a mapping of MEMBER_KEYS overriding the settings above; None = one
@@ -98,7 +99,7 @@ _TYPES = typing.get_type_hints(Config)
 # what may differ between the members of an ensemble: the net and how it is trained, not the data or folds
 MEMBER_KEYS = ("model", "width", "groups", "norm", "dropout", "epochs", "batch_size", "accum", "optimizer", "lr",
                "lr_ref_batch", "lr_scaling", "weight_decay", "warmup_epochs", "min_lr_ratio", "label_smoothing",
-               "ema", "ema_decay", "rotate", "scale", "shift", "tta", "seed")
+               "ema", "ema_decay", "rotate", "scale", "shift", "elastic", "tta", "seed")
 
 
 def _resolve_key(raw: str) -> str:
@@ -172,8 +173,8 @@ def validate(cfg: Config) -> Config:
     need(0 < cfg.ema_decay < 1, f"ema_decay must be in (0, 1), got {cfg.ema_decay}")
     need(cfg.width >= 1 and cfg.groups >= 1 and cfg.width % cfg.groups == 0,
          f"width ({cfg.width}) must be a positive multiple of groups ({cfg.groups})")
-    need(cfg.rotate >= 0 and 0 <= cfg.scale < 1 and 0 <= cfg.shift < 1,
-         "augmentation needs rotate >= 0, 0 <= scale < 1, 0 <= shift < 1")
+    need(cfg.rotate >= 0 and 0 <= cfg.scale < 1 and 0 <= cfg.shift < 1 and 0 <= cfg.elastic <= 8,
+         "augmentation needs rotate >= 0, 0 <= scale < 1, 0 <= shift < 1, 0 <= elastic <= 8 (pixels)")
     need(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
     need(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
     need(cfg.parallel in ("data", "folds"), f"parallel must be data or folds, got '{cfg.parallel}'")

@@ -249,7 +249,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: torch
         micro = micro.to(device, non_blocking=True)
         x = to_input(data.images[micro], cfg.channels_last)
         if augment:
-            x = random_affine(x, cfg.rotate, cfg.scale, cfg.shift)
+            x = random_affine(x, cfg.rotate, cfg.scale, cfg.shift, cfg.elastic)
         y = data.labels[micro]
         # DDP all-reduces on every backward; the accumulating ones keep their gradients local
         sync = nullcontext() if ranks.world == 1 or i == len(micros) - 1 else model.no_sync()

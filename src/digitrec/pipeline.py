@@ -141,7 +141,11 @@ def train(cfg: Config) -> RunResult:
     ranks = distributed.start(device, cfg.timeout_minutes)
     try:
         with distributed.peers_watched(ranks):
-            return _train(cfg, device, ranks)
+            result = _train(cfg, device, ranks)
+            # no rank leaves the group while rank 0 still writes: gloo aborted the one that did
+            # ("terminate called without an active exception")
+            distributed.barrier(ranks)
+        return result
     finally:
         distributed.stop()
 
@@ -185,10 +189,10 @@ def _train(cfg: Config, device: torch.device, ranks: distributed.Ranks) -> RunRe
             log.info(f"{label}: val accuracy {_accuracy(out.val_probs, labels[fold_of == unit.fold]):.4%} in {seconds:.0f}s")
         else:
             log.info(f"{label}: trained on all {len(labels)} rows in {seconds:.0f}s")
+    if by_folds:  # every rank waits for the others' nets, so the final barrier waits only for finish()
+        _wait_for(units, run_dir, announce=ranks.is_main)
     if not ranks.is_main:
         return RunResult(run_dir, None, {})
-    if by_folds:
-        _wait_for(units, run_dir)
     return finish(run_dir, cfg, labels, fold_of, demo=dataset.demo)
 
 
@@ -196,11 +200,11 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _wait_for(units: list[Unit], run_dir: Path, poll_s: float = 2.0) -> None:
-    """Rank 0 of a fold-parallel run, its own nets done, waits for the other ranks' nets. A rank that
+def _wait_for(units: list[Unit], run_dir: Path, announce: bool, poll_s: float = 2.0) -> None:
+    """A rank of a fold-parallel run, its own nets done, waits for the other ranks' nets. A rank that
     dies makes torchrun stop this one too, so the wait cannot outlive the job."""
     waiting = [u for u in units if not u.is_done(run_dir)]
-    if waiting:
+    if waiting and announce:
         log.info(f"waiting for {len(waiting)} net(s) of the other ranks")
     while waiting:
         time.sleep(poll_s)
