@@ -359,8 +359,7 @@ class BenchSettings:
 def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan) -> dict:
     """Every measurement, in an order that keeps them apart: the memory run first (a child process,
     nothing else running), then data, the GEMM, training, the conventional path, prediction."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    engine.use_host_settings(cfg)
     device = engine.select_device(cfg.device)
     threads = torch.get_num_threads()
     source = commands.find_or_fetch_data(cfg.data)

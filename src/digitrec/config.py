@@ -66,6 +66,7 @@ class Config:
     channels_last: bool = False  # NHWC: measured slower for this small CNN on both the CPU and an H100
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # torch intra-op threads; None = torch's default
+    flush_denormal: bool = True  # CPU: denormal floats become zero (x86 computes them in microcode, far slower)
     eval_batch_size: int = 256  # measured faster than 1024 here, and a quarter of the activations
     progress: bool = True  # tqdm bars
     # --- where things go

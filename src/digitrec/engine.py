@@ -41,6 +41,16 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_host_settings(cfg: Config) -> None:
+    """The process-wide CPU settings every command applies before it trains or predicts: torch's thread
+    count, and denormal floats flushed to zero. x86 computes denormals in microcode; Adam's moments of
+    rarely lit pixels decay into that range, and an MLP trained at batch 1 took twice as long a step then
+    (docs/studies, mlp2-batch). The change to the numbers is below 1e-38."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(cfg.flush_denormal)
+
+
 def to_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1], in the layout the model runs fastest in."""
     x = images.unsqueeze(1).float().div_(255.0)

@@ -55,8 +55,7 @@ def evaluate_run(run_dir: Path, settings: CostSettings) -> dict:
         raise UserError(f"{run_dir}: the run is not finished (no metrics.json); rerun its `make train` to complete it")
     saved = pipeline.open_run(run_dir, {"device": settings.device} if settings.device else None)
     cfg, record, dataset, rows, fold_of = saved.cfg, saved.record, saved.dataset, saved.rows, saved.fold_of
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    engine.use_host_settings(cfg)
     metrics = fileio.read_json(run_dir / "metrics.json")
     done = metrics["folds_done"]
     device = engine.select_device(cfg.device)

@@ -131,8 +131,7 @@ def train(cfg: Config) -> RunResult:
     """Train every net of the run, then build its metrics and submission. Under torchrun (WORLD_SIZE > 1)
     every rank calls this; rank 0 returns the result, the others a RunResult without a submission."""
     logs.setup()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    engine.use_host_settings(cfg)
     ranks = distributed.launched()
     # the processes that share each net's batch, recorded in config.yaml: the LR rule and the resume check see it
     cfg = dataclasses.replace(cfg, world_size=ranks.world if cfg.parallel == "data" else 1)

@@ -423,8 +423,7 @@ def command(args) -> None:
     logs.setup()
     study, cost, base = parse(args)
     base = commands.with_data(base)  # as `make train`: local data, else a download, else the demo set
-    if base.threads:  # also for points whose training is skipped: their latency is measured here
-        torch.set_num_threads(base.threads)
+    engine.use_host_settings(base)  # also for points whose training is skipped: their latency is measured here
     # a fixed default folder, so the same command finds its finished points again
     out = in_project(study.out) if study.out else runs.runs_root(base) / f"sweep-{study.study}-{base.model.replace(':', '_')}"
     rows = run_points(plan(study, base), base, study, cost, out)
