@@ -45,10 +45,12 @@ def train_command(nproc: int, demo_dir: Path, *settings: str) -> list[str]:
 
 
 def test_two_ranks_of_bs_64_step_like_one_process_of_bs_64_x_accum_2(tmp_path: Path) -> None:
-    # The reference runs the same micro-batches (64 x ACCUM 2 = 128 a step) in one process, so the only
-    # difference left is the sharding and the all-reduce. Against one batch of 128 the weights differ by
-    # ~2e-5 after 4 steps even in one process: torch 2.14's CPU convolutions sum a batch of 64 in another
-    # order than one of 128; that BS x ACCUM equals one batch is test_accumulation's claim (one step, 1e-6).
+    # The reference runs the same micro-batches (64 x ACCUM 2 = 128 a step) in one process, so only the
+    # sharding and the all-reduce differ. Not to the last bit: which of the two the sharded run matches
+    # bitwise (this reference or one batch of 128) has changed between machines, since the CPU convolution
+    # kernels oneDNN picks sum a batch in their own order, and 4 steps grow that to ~2e-5. So each tensor is
+    # held to 1% of how far it moved: measured 0.2% at most; a missing all-reduce, or a loss not divided by
+    # the world size, moves a tensor by a different step altogether (tens of percent of it, or 100%).
     script = str(ROOT / "tests" / "ddp_step.py")
     one, two = tmp_path / "one", tmp_path / "two"
     single = subprocess.run([sys.executable, script, str(one), "64", "2"], env=env(tmp_path), capture_output=True,
@@ -58,12 +60,13 @@ def test_two_ranks_of_bs_64_step_like_one_process_of_bs_64_x_accum_2(tmp_path: P
                           timeout=300)
     assert pair.returncode == 0, pair.stderr[-3000:]
     a, b = fileio.read_torch(one / "weights.pt"), fileio.read_torch(two / "weights.pt")
-    for name, value in a.items():
-        torch.testing.assert_close(b[name], value, rtol=0, atol=2e-6, msg=f"{name} differs")
-    # 448 rows / (2 x 64) = 4 steps: the weights must have moved for "equal" to mean much
     torch.manual_seed(3)
     init = model_from_config(config.load(None, dict(width=8, dropout=0.0))).state_dict()
-    assert max((a[k].float() - init[k].float()).abs().max().item() for k in a) > 1e-3
+    for name, value in a.items():
+        moved = (value.float() - init[name].float()).abs().max().item()
+        # 448 rows / (2 x 64) = 4 steps: every tensor must have moved for "equal" to mean much
+        assert moved > 5e-4, f"{name} moved only {moved:.1e}"
+        torch.testing.assert_close(b[name], value, rtol=0, atol=0.01 * moved, msg=f"{name} differs")
 
 
 def test_make_train_nproc_2_is_data_parallel(workdir: Path, demo_dir: Path) -> None:
