@@ -23,10 +23,12 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from . import commands, distributed, pipeline
+    from . import commands, distributed, engine, pipeline
 
+    cfg = _config(args)
+    engine.use_host_settings(cfg)  # before the demo set's torch ops start torch's threads (pipeline.train repeats it)
     # under torchrun only rank 0 downloads or writes the demo set; the others read it after the barrier
-    cfg = commands.with_data(_config(args), fetch=distributed.launched().is_main)
+    cfg = commands.with_data(cfg, fetch=distributed.launched().is_main)
     result = pipeline.train(cfg)
     if result.submission is not None:  # under torchrun, rank 0's
         print(f"submission: {result.submission}")

@@ -45,7 +45,9 @@ def use_host_settings(cfg: Config) -> None:
     """The process-wide CPU settings every command applies before it trains or predicts: torch's thread
     count, and denormal floats flushed to zero. x86 computes denormals in microcode; Adam's moments of
     rarely lit pixels decay into that range, and an MLP trained at batch 1 took twice as long a step then
-    (docs/studies, mlp2-batch). The change to the numbers is below 1e-38."""
+    (docs/studies, mlp2-batch). The change to the numbers is below 1e-38. torch sets the flag on the calling
+    thread only; the intra-op threads it starts later copy it, those already running keep theirs, so a
+    command calls this before its first torch op (tests/test_host_settings.py)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(cfg.flush_denormal)

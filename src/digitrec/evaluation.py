@@ -55,7 +55,6 @@ def evaluate_run(run_dir: Path, settings: CostSettings) -> dict:
         raise UserError(f"{run_dir}: the run is not finished (no metrics.json); rerun its `make train` to complete it")
     saved = pipeline.open_run(run_dir, {"device": settings.device} if settings.device else None)
     cfg, record, dataset, rows, fold_of = saved.cfg, saved.record, saved.dataset, saved.rows, saved.fold_of
-    engine.use_host_settings(cfg)
     metrics = fileio.read_json(run_dir / "metrics.json")
     done = metrics["folds_done"]
     device = engine.select_device(cfg.device)

@@ -288,6 +288,7 @@ class SavedRun:
 def open_run(run_dir: Path, overrides: dict | None = None) -> SavedRun:
     """Read a run folder back, checking that the data found now is the data it was trained on."""
     cfg = config_mod.load(run_dir / "config.yaml", overrides)
+    engine.use_host_settings(cfg)  # predict and evaluate run on the run's threads
     record = fileio.read_json(run_dir / "data.json")
     dataset = data_mod.load_data(cfg.data, announce=log.info)
     if dataset.content_hash != record["content_hash"]:

@@ -422,8 +422,8 @@ def write_outputs(rows: list[dict], study: StudySettings, base: Config, out: Pat
 def command(args) -> None:
     logs.setup()
     study, cost, base = parse(args)
+    engine.use_host_settings(base)  # before any torch op; also for points whose training is skipped (latency)
     base = commands.with_data(base)  # as `make train`: local data, else a download, else the demo set
-    engine.use_host_settings(base)  # also for points whose training is skipped: their latency is measured here
     # a fixed default folder, so the same command finds its finished points again
     out = in_project(study.out) if study.out else runs.runs_root(base) / f"sweep-{study.study}-{base.model.replace(':', '_')}"
     rows = run_points(plan(study, base), base, study, cost, out)
