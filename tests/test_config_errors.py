@@ -103,3 +103,10 @@ def test_cli_config_error_exit_2_one_line_nothing_written_and_debug_traceback(wo
     assert "Traceback (most recent call last)" in debug.stderr
     assert debug.stderr.rstrip().endswith("digitrec.errors.UserError: unknown model 'resnet'; known: gn_cnn, gn_m3, gn_m5, gn_m7, mlp1, mlp2, or timm:<name>")
     assert sorted(p.name for p in workdir.iterdir()) == ["kaggle-config"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path: Path) -> None:
+    cfg = config.load(path)
+    assert cfg.name == path.stem  # a run folder is named after its config
+    assert len(config.member_configs(cfg)) == len(cfg.members or [None])
