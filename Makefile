@@ -25,7 +25,7 @@ CLI := $(PYTHON) -m digitrec
 # (--nnodes=2 --node-rank=0 --rdzv-endpoint=host:29500 ... for several machines)
 TRAIN_CLI := $(if $(NPROC),$(PYTHON) -m torch.distributed.run --nproc-per-node=$(NPROC) $(TORCHRUN_ARGS) -m digitrec,$(CLI))
 
-.PHONY: help setup train predict evaluate sweep bench test download submit scores kernel kernel-push kernel-output clean
+.PHONY: help setup train predict evaluate compare sweep bench test download submit scores kernel kernel-push kernel-output clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -46,6 +46,9 @@ predict: $(SETUP)  ## rebuild a run's submission from its saved weights (RUN=, d
 
 evaluate: $(SETUP)  ## cost and accuracy of a run: evaluation.json, table, confusion and mistakes PNGs (RUN=)
 	$(CLI) evaluate $(RUN_ARG) $(ARGS)
+
+compare: $(SETUP)  ## is run B more accurate than run A? McNemar's paired test on their out-of-fold rows (A= B=)
+	$(CLI) compare $(if $(A),a=$(A)) $(if $(B),b=$(B))
 
 sweep: $(SETUP)  ## a study: STUDY=batch MODEL= BATCH_SIZES="..." | STUDY=accum or norm BS= ACCUMS="..." (ARMS="rule fixed" SEEDS="42 43" EPOCHS= LIMIT= FOLDS= OUT=)
 	$(CLI) sweep $(strip $(if $(STUDY),study=$(STUDY)) $(if $(MODEL),model=$(MODEL)) \

@@ -61,7 +61,7 @@ def test_batch_norm_replaces_every_group_norm_only_where_asked() -> None:
     assert not any(isinstance(m, nn.GroupNorm) for m in batch.modules())
     with pytest.raises(UserError, match="norm=batch applies to gn_cnn, gn_m3, gn_m5, gn_m7, not to model 'mlp1'"):
         config.load(CONFIG, {"model": "mlp1", "norm": "batch"})
-    with pytest.raises(UserError, match="norm must be group or batch, got 'layer'"):
+    with pytest.raises(UserError, match="norm must be group, group_ws or batch, got 'layer'"):
         config.load(CONFIG, {"norm": "layer"})
 
 

@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("cli", "cmd_train", "train the config over stratified folds and write a submission"),
     "predict": ("cli", "cmd_predict", "rebuild a run's submission from its saved weights"),
     "evaluate": ("evaluation", "command", "accuracy, per-class errors and model cost of a run"),
+    "compare": ("evaluation", "compare_command", "McNemar's paired test of two runs' out-of-fold predictions (A= B=)"),
     "sweep": ("studies", "command", "batch-size and accumulation studies (STUDY=batch|accum)"),
     "bench": ("bench", "command", "training/inference/data throughput against the conventional path"),
     "download": ("commands", "cmd_download", "download the competition data into input/"),

@@ -27,11 +27,14 @@ class Config:
     limit: int | None = None  # train on a stratified subset of this many rows (test is still predicted in full)
     folds: int = 5
     fold: int | None = None  # train this fold only
+    fold_seed: int | None = None  # the seed of the stratified folds; None = seed. A member's own: bagged folds
     # --- model (models.py registry)
     model: str = "gn_cnn"
     width: int = 32  # channels of the first stage; later stages double it
     groups: int = 8  # GroupNorm groups
-    norm: str = "group"  # group | batch: BatchNorm only to compare (make sweep STUDY=norm); it breaks BS x ACCUM == one batch
+    # group | group_ws (weight-standardised convs before the GroupNorm, Qiao et al. 2019) | batch: BatchNorm
+    # only to compare (make sweep STUDY=norm); it breaks BS x ACCUM == one batch
+    norm: str = "group"
     dropout: float = 0.4
     # --- optimisation
     epochs: int = 18
@@ -56,6 +59,12 @@ class Config:
     # --- ensemble (pipeline.py): members trained per fold and in the refit, their probabilities averaged
     members: list | None = None  # each a mapping of MEMBER_KEYS overriding the settings above; None = one
     refit: bool = False  # after CV, train every member again on all rows; those nets make the submission
+    # --- pseudo-labels (pseudo.py): students trained on their fold's rows plus test rows labelled by teachers
+    pseudo_rounds: int = 0  # rounds of students after the CV (0: off); round r's teachers are round r - 1's nets
+    pseudo_agree: bool = True  # keep only the test rows on which every teacher net picks the same label
+    pseudo_threshold: float = 0.0  # ... and whose averaged teacher probability of that label is at least this
+    pseudo_soft: bool = False  # targets: the teachers' averaged probabilities (sharpened by temperature), not labels
+    pseudo_temperature: float = 1.0  # soft targets are softmax(log p / T): T < 1 sharpens
     # --- processes (distributed.py; started with torchrun / make train NPROC=2)
     parallel: str = "data"  # data: all ranks train each net (DDP) | folds: ranks take whole nets
     world_size: int = 1  # data-parallel processes; set from torchrun's WORLD_SIZE, recorded with the run
@@ -80,6 +89,11 @@ class Config:
         return self.batch_size * self.accum * self.world_size
 
     @property
+    def split_seed(self) -> int:
+        """The seed of the stratified folds: fold_seed, else the run's seed."""
+        return self.seed if self.fold_seed is None else self.fold_seed
+
+    @property
     def scaled_lr(self) -> float:
         """The LR rule for a changed effective batch: lr is given at lr_ref_batch and follows
         (effective / ref) ** 1/2 (sqrt, the default: right for Adam-type optimizers), ** 1 (linear,
@@ -100,7 +114,7 @@ _TYPES = typing.get_type_hints(Config)
 # what may differ between the members of an ensemble: the net and how it is trained, not the data or folds
 MEMBER_KEYS = ("model", "width", "groups", "norm", "dropout", "epochs", "batch_size", "accum", "optimizer", "lr",
                "lr_ref_batch", "lr_scaling", "weight_decay", "warmup_epochs", "min_lr_ratio", "label_smoothing",
-               "ema", "ema_decay", "rotate", "scale", "shift", "elastic", "tta", "seed")
+               "ema", "ema_decay", "rotate", "scale", "shift", "elastic", "tta", "seed", "fold_seed")
 
 
 def _resolve_key(raw: str) -> str:
@@ -161,7 +175,7 @@ def validate(cfg: Config) -> Config:
     need(cfg.limit is None or cfg.limit >= 10 * cfg.folds,
          f"LIMIT (limit) must be at least 10 x FOLDS = {10 * cfg.folds} rows, got {cfg.limit}")
     need(is_known_model(cfg.model), f"unknown model '{cfg.model}'; known: {', '.join(MODEL_NAMES)}, or timm:<name>")
-    need(cfg.norm in NORMS, f"norm must be {' or '.join(NORMS)}, got '{cfg.norm}'")
+    need(cfg.norm in NORMS, f"norm must be {', '.join(NORMS[:-1])} or {NORMS[-1]}, got '{cfg.norm}'")
     need(cfg.norm == "group" or cfg.model in NORMALISED,
          f"norm={cfg.norm} applies to {', '.join(NORMALISED)}, not to model '{cfg.model}'")
     need(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
@@ -180,6 +194,10 @@ def validate(cfg: Config) -> Config:
     need(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
     need(cfg.parallel in ("data", "folds"), f"parallel must be data or folds, got '{cfg.parallel}'")
     need(cfg.world_size >= 1, f"world_size must be >= 1, got {cfg.world_size}")
+    need(0 <= cfg.pseudo_rounds <= 5, f"pseudo_rounds must be in 0..5, got {cfg.pseudo_rounds}")
+    need(0 <= cfg.pseudo_threshold < 1, f"pseudo_threshold must be in [0, 1), got {cfg.pseudo_threshold}")
+    need(cfg.pseudo_temperature > 0, f"pseudo_temperature must be > 0, got {cfg.pseudo_temperature}")
+    need(cfg.fold_seed is None or 0 <= cfg.fold_seed < 2**32, f"fold_seed must be in 0..2**32-1, got {cfg.fold_seed}")
     need(cfg.timeout_minutes > 0, f"timeout_minutes must be > 0, got {cfg.timeout_minutes}")
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device must be auto, cpu or cuda[:N], got '{cfg.device}'")
@@ -197,10 +215,11 @@ def validate(cfg: Config) -> Config:
 def member_configs(cfg: Config) -> list[Config]:
     """The ensemble's members as whole configs: the run's settings with each member's overrides. A member
     that sets no seed gets seed + its index, so repeated members are independent nets, and member 0
-    trains exactly what the same config without members would."""
+    trains exactly what the same config without members would; one that sets no fold_seed shares the
+    run's folds."""
     if not cfg.members:
         return [cfg]
-    return [dataclasses.replace(cfg, members=None, **{"seed": cfg.seed + j, **overrides})
+    return [dataclasses.replace(cfg, members=None, **{"seed": cfg.seed + j, "fold_seed": cfg.split_seed, **overrides})
             for j, overrides in enumerate(cfg.members)]
 
 

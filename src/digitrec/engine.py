@@ -43,14 +43,34 @@ def select_device(name: str) -> torch.device:
 
 def use_host_settings(cfg: Config) -> None:
     """The process-wide CPU settings every command applies before it trains or predicts: torch's thread
-    count, and denormal floats flushed to zero. x86 computes denormals in microcode; Adam's moments of
-    rarely lit pixels decay into that range, and an MLP trained at batch 1 took twice as long a step then
-    (docs/studies, mlp2-batch). The change to the numbers is below 1e-38. torch sets the flag on the calling
-    thread only; the intra-op threads it starts later copy it, those already running keep theirs, so a
-    command calls this before its first torch op (tests/test_host_settings.py)."""
+    count, denormal floats flushed to zero, and glibc's malloc told to keep freed memory. x86 computes
+    denormals in microcode; Adam's moments of rarely lit pixels decay into that range, and an MLP trained
+    at batch 1 took twice as long a step then (docs/studies, mlp2-batch). The change to the numbers is
+    below 1e-38. torch sets the flag on the calling thread only; the intra-op threads it starts later copy
+    it, those already running keep theirs, so a command calls this before its first torch op
+    (tests/test_host_settings.py)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(cfg.flush_denormal)
+    _keep_freed_memory()
+
+
+@functools.cache
+def _keep_freed_memory() -> None:
+    """glibc serves every allocation above its mmap threshold with a fresh mmap and returns it on free, so
+    each step's activations (up to 11 MB a tensor at BS 128) arrive as new pages the kernel must fault in
+    and zero; the threshold only adapts later, and by the allocation history. Fixed thresholds (serve up to
+    32 MiB from the heap, never trim it) cut a training step's page faults from 592k to 134k in 24 steps
+    and its system time from 1.8 to 0.7 s (docs/performance.md). Elsewhere than glibc this does nothing."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def to_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -118,7 +138,7 @@ class FoldData:
     """Tensors already on the device: all training images and labels, this fold's index split, test."""
 
     images: torch.Tensor  # (N, 28, 28) uint8
-    labels: torch.Tensor  # (N,) int64
+    labels: torch.Tensor  # (N,) int64, or (N, 10) float target distributions (a student's soft targets)
     train_idx: torch.Tensor  # (n_train,) int64, on the CPU (the permutation is drawn there)
     val_idx: torch.Tensor
     test_images: torch.Tensor
@@ -262,7 +282,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: torch
         x = to_input(data.images[micro], cfg.channels_last)
         if augment:
             x = random_affine(x, cfg.rotate, cfg.scale, cfg.shift, cfg.elastic)
-        y = data.labels[micro]
+        y = data.labels[micro]  # class indices, or (B, 10) probabilities: F.cross_entropy takes either
         # DDP all-reduces on every backward; the accumulating ones keep their gradients local
         sync = nullcontext() if ranks.world == 1 or i == len(micros) - 1 else model.no_sync()
         with sync:
@@ -273,15 +293,20 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: torch
             # which the world factor undoes, so the step is the window's mean gradient on any rank count
             (loss / len(window) * ranks.world).backward()
         loss_sum += loss.detach()
-        correct += (logits.argmax(1) == y).sum()
+        correct += (logits.argmax(1) == hard_labels(y)).sum()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, correct
 
 
+def hard_labels(y: torch.Tensor) -> torch.Tensor:
+    """Class indices from class indices or from target distributions (a one-hot row gives its class)."""
+    return y if y.ndim == 1 else y.argmax(1)
+
+
 def _evaluate(model: nn.Module, data: FoldData, cfg: Config, device: torch.device) -> tuple[float, float]:
     probs = torch.from_numpy(predict_proba(model, data.images[data.val_idx.to(data.images.device)], cfg, device))
-    labels = data.labels[data.val_idx.to(data.labels.device)].cpu()
+    labels = hard_labels(data.labels[data.val_idx.to(data.labels.device)]).cpu()
     loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
     return loss, (probs.argmax(1) == labels).float().mean().item()
 

@@ -1,4 +1,5 @@
-"""`make evaluate [RUN=]`: how accurate a trained run is, and what its model costs.
+"""`make evaluate [RUN=]`: how accurate a trained run is, and what its model costs; `make compare A= B=`:
+whether one run is more accurate than another, by McNemar's paired test on the rows they disagree on.
 
 Accuracy is the out-of-fold CV accuracy, overall and per class, with the confusion matrix and the most
 confident mistakes drawn as PNGs. The cost (size on disk of the fold's weights.pt, parameters, FLOPs,
@@ -8,6 +9,8 @@ points.
 from __future__ import annotations
 
 import dataclasses
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from . import settings as settings_mod
 from .config import Config
 from .cost import CostSettings, ensemble_cost, model_cost
 from .errors import UserError
+from .metrics import mcnemar
 
 
 def load_fold_model(run_dir: Path, cfg: Config, fold: int, device: torch.device) -> nn.Module:
@@ -54,7 +58,7 @@ def evaluate_run(run_dir: Path, settings: CostSettings) -> dict:
     if not runs.is_complete(run_dir):
         raise UserError(f"{run_dir}: the run is not finished (no metrics.json); rerun its `make train` to complete it")
     saved = pipeline.open_run(run_dir, {"device": settings.device} if settings.device else None)
-    cfg, record, dataset, rows, fold_of = saved.cfg, saved.record, saved.dataset, saved.rows, saved.fold_of
+    cfg, record, dataset, rows = saved.cfg, saved.record, saved.dataset, saved.rows
     metrics = fileio.read_json(run_dir / "metrics.json")
     done = metrics["folds_done"]
     device = engine.select_device(cfg.device)
@@ -78,7 +82,7 @@ def evaluate_run(run_dir: Path, settings: CostSettings) -> dict:
     title = f"{run_dir.name}: OOF accuracy {result['accuracy']:.2%} over {result['oof_rows']} rows"
     plots.confusion_png(accuracy["confusion"], run_dir / "confusion.png", title)
     oof = np.load(run_dir / "oof_probs.npy")
-    covered = np.flatnonzero(np.isin(fold_of, done))
+    covered = np.flatnonzero(np.isfinite(oof).all(1))  # the rows of finished folds
     labels = dataset.train_labels[rows][covered]
     probs = oof[covered]
     predicted, confidence = probs.argmax(1), probs.max(1)
@@ -136,3 +140,49 @@ def command(args) -> None:
         raise UserError(f"unknown evaluate setting(s) {', '.join(items)}; known: {known}")
     logs.setup()
     evaluate_run(runs.resolve_run(args.run, args.runs_dir), settings)
+
+
+# ---------------------------------------------------------------- two runs, paired
+
+
+@dataclass
+class CompareSettings:
+    a: str | None = None  # the baseline: a run folder or name under runs/
+    b: str | None = None  # the change, trained on the same rows
+
+
+def compare_runs(run_a: Path, run_b: Path) -> dict:
+    """McNemar's test of run b against run a on the out-of-fold rows both have predicted: the errors of
+    each, the rows only one of them gets right, and the p-value. The runs must hold the same rows of the
+    same data (their folds may differ)."""
+    for run in (run_a, run_b):
+        if not runs.is_complete(run):
+            raise UserError(f"{run}: the run is not finished (no metrics.json); rerun its `make train` to complete it")
+    saved = pipeline.open_run(run_a)
+    if fileio.read_json(run_b / "data.json")["content_hash"] != saved.record["content_hash"]:
+        raise UserError(f"{run_b}: was trained on other data than {run_a}; a paired test needs the same rows")
+    if not np.array_equal(pipeline.read_split(run_b).rows, saved.rows):
+        raise UserError(f"{run_b}: holds other rows of train.csv than {run_a} (limit or seed differ); "
+                        f"a paired test needs the same rows")
+    oof_a, oof_b = np.load(run_a / "oof_probs.npy"), np.load(run_b / "oof_probs.npy")
+    both = np.isfinite(oof_a).all(1) & np.isfinite(oof_b).all(1)
+    if not both.any():
+        raise UserError(f"{run_a} and {run_b} have no out-of-fold row in common (different FOLD=?)")
+    return {"a": str(run_a), "b": str(run_b), **mcnemar(saved.labels[both], oof_a[both], oof_b[both])}
+
+
+def compare_command(args) -> None:
+    items = settings_mod.parse_items(args.overrides)
+    options = settings_mod.take(CompareSettings, items)
+    if items or not (options.a and options.b):
+        raise UserError("compare takes A=<run> B=<run> (run folders or names under runs/), e.g. "
+                        "make compare A=default-20261204-101500 B=pl-20261204-120000")
+    logs.setup()
+    result = compare_runs(runs.resolve_run(options.a, args.runs_dir), runs.resolve_run(options.b, args.runs_dir))
+    rows = result["rows"]
+    print(f"paired over {rows} out-of-fold rows:\n"
+          f"  A {Path(result['a']).name}: {result['a_errors']} errors ({1 - result['a_errors'] / rows:.3%})\n"
+          f"  B {Path(result['b']).name}: {result['b_errors']} errors ({1 - result['b_errors'] / rows:.3%})\n"
+          f"  rows only A gets right: {result['only_a_right']}; only B: {result['only_b_right']}; "
+          f"McNemar exact p = {result['p_value']:.3g}")
+    print(json.dumps(result))

@@ -1,8 +1,10 @@
 """The model registry: the default GroupNorm CNN, three plain conv stacks (3x3 / 5x5 / 7x7), the two MLPs of the batch-size write-up, timm models.
 
 Every model takes (B, 1, 28, 28) float images in [0, 1] and returns (B, 10) logits. The conv nets
-normalise with GroupNorm; `norm="batch"` swaps in BatchNorm, for the study that shows why the
-accumulation write-up dropped it (`make sweep STUDY=norm`).
+normalise with GroupNorm; `norm="group_ws"` standardises each conv's weights first (Qiao et al. 2019,
+"Micro-Batch Training with Batch-Channel Normalization and Weight Standardization": the documented way
+for GroupNorm to match BatchNorm); `norm="batch"` swaps in BatchNorm, for the study that shows why the
+accumulation write-up dropped it (`make sweep STUDY=norm`) and as the reference for what GroupNorm costs.
 """
 from __future__ import annotations
 
@@ -25,19 +27,24 @@ class Dropout(nn.Dropout):
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
-NORMS = ("group", "batch")
+NORMS = ("group", "group_ws", "batch")
 
 
 def conv_block(c_in: int, c_out: int, kernel: int, stride: int, padding: int, norm: str, groups: int) -> nn.Module:
     """conv -> norm -> ReLU. GroupNorm gets the largest divisor of c_out up to `groups` as its group
-    count (the plain stacks' channel counts are not all multiples of 8); BatchNorm has none."""
-    from timm.layers import ConvNormAct
+    count (the plain stacks' channel counts are not all multiples of 8); BatchNorm has none. group_ws
+    swaps the conv for timm's StdConv2d (the same weight tensor, standardised to zero mean and unit
+    variance per output channel on every forward pass), so checkpoints keep their keys."""
+    from timm.layers import ConvNormAct, StdConv2d
 
     if norm == "batch":
         return ConvNormAct(c_in, c_out, kernel, stride, padding=padding, norm_layer="batchnorm")
     n_groups = max(g for g in range(1, groups + 1) if c_out % g == 0)
-    return ConvNormAct(c_in, c_out, kernel, stride, padding=padding, norm_layer="groupnorm",
-                       norm_kwargs={"num_groups": n_groups})
+    block = ConvNormAct(c_in, c_out, kernel, stride, padding=padding, norm_layer="groupnorm",
+                        norm_kwargs={"num_groups": n_groups})
+    if norm == "group_ws":
+        block.conv = StdConv2d(c_in, c_out, kernel, stride, padding=padding, eps=1e-5)
+    return block
 
 
 class GroupNormCNN(nn.Sequential):

@@ -1,9 +1,11 @@
 """The run: data -> folds -> one engine call per net -> OOF metrics -> averaged submission.
 
-A run trains every ensemble member (config `members`; one when unset) on every fold, then, with
-`refit: true`, every member again on all rows. OOF probabilities are the members' average per row; the
-submission averages the refit members (or, without a refit, every fold's members). Resumable per net
-here (finished nets are skipped) and per epoch in the engine.
+A run trains every ensemble member (config `members`; one when unset) on every fold (each member on its
+own folds when it sets fold_seed: bagged folds), then (pseudo_rounds >= 1) a pseudo-labelled student of
+every such net, round after round (pseudo.py), then, with `refit: true`, every member of the last round
+again on all rows. OOF probabilities are the last round's members' average per row; the submission
+averages the refit members (or, without a refit, every fold's members). Resumable per net here
+(finished nets are skipped) and per epoch in the engine.
 """
 from __future__ import annotations
 
@@ -18,11 +20,11 @@ import torch
 
 from . import config as config_mod
 from . import data as data_mod
-from . import competition, distributed, engine, fileio, logs, runs
+from . import competition, distributed, engine, fileio, logs, pseudo, runs
 from .config import Config
 from .errors import UserError
 from .folds import make_folds, stratified_subset
-from .metrics import classification_metrics
+from .metrics import classification_metrics, mcnemar
 from .submission import make_submission, write_submission
 
 log = logging.getLogger(__name__)
@@ -35,28 +37,61 @@ class RunResult:
     metrics: dict
 
 
-def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Split:
+    """A run's rows and folds: `rows` index train.csv; fold_of[i] is the fold that holds row i out under
+    the run's fold seed; member_fold_of[j] is member j's own (the run's unless it sets fold_seed)."""
+
+    rows: np.ndarray
+    fold_of: np.ndarray
+    member_fold_of: np.ndarray  # (members, rows)
+
+
+def make_split(cfg: Config, labels: np.ndarray) -> Split:
+    """`labels` are all of train.csv's; the split's rows a stratified subset (limit) of them."""
+    rows = stratified_subset(labels, cfg.limit, cfg.seed)
+    folds_by_seed: dict[int, np.ndarray] = {}
+
+    def folds(seed: int) -> np.ndarray:
+        if seed not in folds_by_seed:
+            folds_by_seed[seed] = make_folds(labels[rows], cfg.folds, seed)
+        return folds_by_seed[seed]
+
+    members = config_mod.member_configs(cfg)
+    return Split(rows, folds(cfg.split_seed), np.stack([folds(m.split_seed) for m in members]))
+
+
+def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, Split]:
     """The run folder (a resumed one when the same training was interrupted) with its config, data
     record and folds written."""
-    rows = stratified_subset(dataset.train_labels, cfg.limit, cfg.seed)
-    fold_of = make_folds(dataset.train_labels[rows], cfg.folds, cfg.seed)
+    split = make_split(cfg, dataset.train_labels)
     run_dir = runs.find_resumable(cfg)
     if run_dir is not None:
-        saved = np.load(run_dir / "folds.npz")
         same_data = fileio.read_json(run_dir / "data.json")["content_hash"] == dataset.content_hash
-        if same_data and np.array_equal(saved["rows"], rows) and np.array_equal(saved["fold_of"], fold_of):
+        if same_data and _same_split(read_split(run_dir), split):
             log.info(f"resuming run {run_dir}")
             fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
-            return run_dir, rows, fold_of
+            return run_dir, split
     run_dir = runs.new_run_dir(cfg)
     fileio.write_json(run_dir / "data.json", {"source": dataset.source, "demo": dataset.demo,
                                               "content_hash": dataset.content_hash,
-                                              "train_rows": len(rows), "test_rows": len(dataset.test_images)})
-    fileio.write_npz(run_dir / "folds.npz", rows=rows, fold_of=fold_of)
+                                              "train_rows": len(split.rows), "test_rows": len(dataset.test_images)})
+    fileio.write_npz(run_dir / "folds.npz", rows=split.rows, fold_of=split.fold_of, member_fold_of=split.member_fold_of)
     # config.yaml last: a folder killed before it is no run at all (runs.list_runs ignores it)
     fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
     log.info(f"run folder: {run_dir}")
-    return run_dir, rows, fold_of
+    return run_dir, split
+
+
+def read_split(run_dir: Path) -> Split:
+    saved = np.load(run_dir / "folds.npz")
+    # runs from before bagged folds kept one fold_of, which every member shared
+    member_fold_of = saved["member_fold_of"] if "member_fold_of" in saved else saved["fold_of"][None]
+    return Split(saved["rows"], saved["fold_of"], member_fold_of)
+
+
+def _same_split(a: Split, b: Split) -> bool:
+    return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("rows", "fold_of", "member_fold_of"))
 
 
 def _on_device(dataset: data_mod.Dataset, rows: np.ndarray, device: torch.device) -> engine.FoldData:
@@ -75,27 +110,39 @@ def _fold_data(tensors: engine.FoldData, fold_of: np.ndarray, fold: int | None) 
                                val_idx=torch.from_numpy(np.flatnonzero(fold_of == fold)))
 
 
+# a student's seed is its teacher's plus this times its round, so no two nets of a run start alike
+STUDENT_SEED_STEP = 1_000_003
+
+
 @dataclass(frozen=True)
 class Unit:
-    """One net of a run: ensemble member `member` trained on fold `fold`'s training rows, or on all rows
-    (fold None: the refit)."""
+    """One net of a run: ensemble member `member` trained on its fold `fold`'s training rows, or on all
+    rows (fold None: the refit); round r >= 1 is a pseudo-labelled student (pseudo.py)."""
 
     fold: int | None
     member: int
+    round: int = 0
 
     def label(self, n_members: int) -> str:
         where = f"fold {self.fold}" if self.fold is not None else "refit"
-        return f"{where} member {self.member}" if n_members > 1 else where
+        where = f"{where} member {self.member}" if n_members > 1 else where
+        return f"{where} student {self.round}" if self.round else where
 
     def seed(self, member: Config, folds: int) -> int:
         # the refit counts as fold number `folds`, so its nets start apart from every CV net
-        return member.seed * 1000 + (self.fold if self.fold is not None else folds)
+        return member.seed * 1000 + (self.fold if self.fold is not None else folds) + STUDENT_SEED_STEP * self.round
 
     def dir(self, run_dir: Path) -> Path:
-        return runs.unit_dir(run_dir, self.fold, self.member)
+        return runs.unit_dir(run_dir, self.fold, self.member, self.round)
 
     def is_done(self, run_dir: Path) -> bool:
         return (self.dir(run_dir) / "done.json").is_file()
+
+    def held_out(self, split: Split) -> np.ndarray:
+        """The mask of the rows this net never trains on (none for the refit)."""
+        if self.fold is None:
+            return np.zeros(len(split.rows), dtype=bool)
+        return split.member_fold_of[self.member] == self.fold
 
 
 def folds_to_train(cfg: Config) -> list[int]:
@@ -103,10 +150,42 @@ def folds_to_train(cfg: Config) -> list[int]:
 
 
 def units_to_train(cfg: Config, folds: list[int] | None = None, refit: bool | None = None) -> list[Unit]:
-    """Every member on every fold to train (or on `folds`), then (refit: true) every member on all rows."""
+    """Every member on every fold to train (or on `folds`), round after round (pseudo_rounds), then
+    (refit: true) every member of the last round on all rows."""
     members = range(len(config_mod.member_configs(cfg)))
-    cv = [Unit(k, j) for k in (folds_to_train(cfg) if folds is None else folds) for j in members]
-    return cv + ([Unit(None, j) for j in members] if (cfg.refit if refit is None else refit) else [])
+    folds = folds_to_train(cfg) if folds is None else folds
+    cv = [Unit(k, j, r) for r in range(cfg.pseudo_rounds + 1) for k in folds for j in members]
+    refit = cfg.refit if refit is None else refit
+    return cv + ([Unit(None, j, cfg.pseudo_rounds) for j in members] if refit else [])
+
+
+def teachers_of(student: Unit, units: list[Unit], split: Split) -> list[Unit]:
+    """The nets that label a student's test rows: the previous round's CV nets among `units` that never
+    trained on a row the student holds out (pseudo.may_teach)."""
+    if student.round == 0:
+        return []
+    held_out = student.held_out(split)
+    return [u for u in units if u.round == student.round - 1 and u.fold is not None
+            and pseudo.may_teach(~u.held_out(split), held_out)]
+
+
+def _student_selection(student: Unit, units: list[Unit], split: Split, run_dir: Path, cfg: Config,
+                       ranks: distributed.Ranks, by_folds: bool) -> pseudo.Selection:
+    """What the student learns from: chosen from its teachers' test probabilities and saved in its folder
+    (pseudo.npz) by the process that writes its files, then read back by every rank, and by a resumed
+    student."""
+    path = student.dir(run_dir) / "pseudo.npz"
+    if (by_folds or ranks.is_main) and not path.is_file():
+        teachers = teachers_of(student, units, split)
+        if not teachers:  # the student's own member of the previous round always qualifies
+            raise UserError(f"{run_dir}: no net may teach {student.dir(run_dir)}")
+        if by_folds:  # another rank may still be training a teacher
+            _wait_for(teachers, run_dir, announce=False)
+        selection = pseudo.select(np.stack([np.load(t.dir(run_dir) / "test_probs.npy") for t in teachers]), cfg)
+        pseudo.save(path, selection, [str(t.dir(run_dir).relative_to(run_dir)) for t in teachers])
+    if not by_folds:  # a data-parallel student: the other ranks read what rank 0 wrote
+        distributed.barrier(ranks)
+    return pseudo.load(path)[0]
 
 
 def _save_unit(unit_dir: Path, history: list[dict], seconds: float) -> None:
@@ -121,6 +200,10 @@ def _describe(cfg: Config, members: list[Config]) -> None:
     per_step = f" x WORLD {cfg.world_size}" if cfg.world_size > 1 else ""
     log.info(f"model: {cfg.model}  BS {cfg.batch_size} x ACCUM {cfg.accum}{per_step} = {cfg.effective_batch}  "
              f"lr {cfg.scaled_lr:.3g}  epochs {cfg.epochs}" + ("  + refit on all rows" if cfg.refit else ""))
+    if cfg.pseudo_rounds:
+        log.info(f"pseudo-labels: {cfg.pseudo_rounds} round(s) of students on their fold's rows + test rows labelled by "
+                 f"their teachers ({'every teacher agrees, ' if cfg.pseudo_agree else ''}averaged probability >= "
+                 f"{cfg.pseudo_threshold:g}; {f'soft targets, T {cfg.pseudo_temperature:g}' if cfg.pseudo_soft else 'hard labels'})")
     if cfg.members:
         for j, (member, overrides) in enumerate(zip(members, cfg.members)):
             log.info(f"member {j}: {member.model} width {member.width}, {member.epochs} epochs, seed {member.seed}, "
@@ -158,15 +241,15 @@ def _train(cfg: Config, device: torch.device, ranks: distributed.Ranks) -> RunRe
     if ranks.is_main:
         distributed.barrier(ranks)
         prepared = _prepare_run(cfg, dataset)
-    run_dir, rows, fold_of = distributed.share(prepared if ranks.is_main else None, ranks)
+    run_dir, split = distributed.share(prepared if ranks.is_main else None, ranks)
     members = config_mod.member_configs(cfg)
     if ranks.is_main:
         mode = "one process" if ranks.world == 1 else \
             f"{ranks.world} processes, {'whole nets per rank' if by_folds else 'data-parallel (DDP)'}"
         log.info(f"device: {device} ({torch.get_num_threads()} threads), {mode}")
         _describe(cfg, members)
-    tensors = _on_device(dataset, rows, device)
-    labels = dataset.train_labels[rows]
+    tensors = _on_device(dataset, split.rows, device)
+    labels = dataset.train_labels[split.rows]
     units = units_to_train(cfg)
     mine = units[ranks.rank::ranks.world] if by_folds else units
     for unit in mine:
@@ -178,21 +261,26 @@ def _train(cfg: Config, device: torch.device, ranks: distributed.Ranks) -> RunRe
             continue
         started = time.perf_counter()
         member = members[unit.member]
-        out = engine.train_net(member, _fold_data(tensors, fold_of, unit.fold), unit.seed(member, cfg.folds),
+        data = _fold_data(tensors, split.member_fold_of[unit.member], unit.fold)
+        if unit.round:
+            selection = _student_selection(unit, units, split, run_dir, cfg, ranks, by_folds)
+            log.info(f"{label}: learns from {selection.describe()}")
+            data = pseudo.student_data(data, selection)
+        out = engine.train_net(member, data, unit.seed(member, cfg.folds),
                                label, unit.dir(run_dir), device, ranks=distributed.ALONE if by_folds else ranks)
         if not (by_folds or ranks.is_main):
             continue  # a data-parallel net's files are rank 0's to write
         seconds = time.perf_counter() - started
         _save_unit(unit.dir(run_dir), out.history, seconds)
         if unit.fold is not None:
-            log.info(f"{label}: val accuracy {_accuracy(out.val_probs, labels[fold_of == unit.fold]):.4%} in {seconds:.0f}s")
+            log.info(f"{label}: val accuracy {_accuracy(out.val_probs, labels[unit.held_out(split)]):.4%} in {seconds:.0f}s")
         else:
             log.info(f"{label}: trained on all {len(labels)} rows in {seconds:.0f}s")
     if by_folds:  # every rank waits for the others' nets, so the final barrier waits only for finish()
         _wait_for(units, run_dir, announce=ranks.is_main)
     if not ranks.is_main:
         return RunResult(run_dir, None, {})
-    return finish(run_dir, cfg, labels, fold_of, demo=dataset.demo)
+    return finish(run_dir, cfg, labels, split, demo=dataset.demo)
 
 
 def _quiet(_: str) -> None:
@@ -214,21 +302,43 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((probs.argmax(1) == labels).mean())
 
 
-def finish(run_dir: Path, cfg: Config, labels: np.ndarray, fold_of: np.ndarray, demo: bool) -> RunResult:
-    """From the finished nets' probabilities: OOF probabilities (each row the average of the members
-    that held it out), metrics.json, and the submission (the refit members' average when the refit is
-    finished, else the average of every fold's members)."""
-    n_members = len(config_mod.member_configs(cfg))
-    done = [k for k in range(cfg.folds) if all(Unit(k, j).is_done(run_dir) for j in range(n_members))]
-    if not done:
-        raise UserError(f"{run_dir}: no finished fold to build a submission from")
-    member_oof = np.full((n_members, len(labels), 10), np.nan, dtype=np.float32)
+def _member_oof(run_dir: Path, split: Split, done: list[int], n_members: int, round_: int) -> np.ndarray:
+    """(members, rows, 10): each row's prediction by each member's net that held it out (NaN where none did)."""
+    member_oof = np.full((n_members, len(split.rows), 10), np.nan, dtype=np.float32)
     for k in done:
         for j in range(n_members):
-            member_oof[j, fold_of == k] = np.load(Unit(k, j).dir(run_dir) / "val_probs.npy")
+            unit = Unit(k, j, round_)
+            member_oof[j, unit.held_out(split)] = np.load(unit.dir(run_dir) / "val_probs.npy")
+    return member_oof
+
+
+def _pseudo_record(run_dir: Path, units: list[Unit], n_members: int) -> list[dict]:
+    """Per student: its teachers, how many test rows it learnt from, and how often its own test labels
+    differ from its teachers' (pseudo.npz against its test_probs.npy)."""
+    record = []
+    for unit in units:
+        selection, teachers = pseudo.load(unit.dir(run_dir) / "pseudo.npz")
+        record.append({"net": unit.label(n_members), "round": unit.round, "teacher_nets": teachers,
+                       **pseudo.agreement(np.load(unit.dir(run_dir) / "test_probs.npy"), selection)})
+    return record
+
+
+def finish(run_dir: Path, cfg: Config, labels: np.ndarray, split: Split, demo: bool) -> RunResult:
+    """From the finished nets' probabilities: OOF probabilities (each row the average of the last round's
+    members, each from the net that held the row out), metrics.json, and the submission (the refit
+    members' average when the refit is finished, else the average of every fold's members). With
+    pseudo-labels the metrics also hold every round's OOF and the paired test of the last round against
+    the first."""
+    n_members = len(config_mod.member_configs(cfg))
+    last = cfg.pseudo_rounds
+    done = [k for k in range(cfg.folds) if all(Unit(k, j, last).is_done(run_dir) for j in range(n_members))]
+    if not done:
+        raise UserError(f"{run_dir}: no finished fold to build a submission from")
+    member_oof = _member_oof(run_dir, split, done, n_members, last)
     oof = member_oof.mean(0)
-    covered = np.isin(fold_of, done)
-    per_fold = {str(k): _accuracy(oof[fold_of == k], labels[fold_of == k]) for k in done}
+    covered = np.isfinite(oof).all(1)  # rows every member has held out in a finished fold
+    per_fold = {str(k): _accuracy(oof[covered & (split.fold_of == k)], labels[covered & (split.fold_of == k)])
+                for k in done}
     metrics = {"folds_done": done, "folds_total": cfg.folds, "fold_accuracy": per_fold,
                "oof": classification_metrics(labels[covered], oof[covered]), "demo_data": demo}
     if n_members > 1:  # each member alone, and the ensemble as members are added in order
@@ -236,9 +346,16 @@ def finish(run_dir: Path, cfg: Config, labels: np.ndarray, fold_of: np.ndarray, 
             {"settings": cfg.members[j], "oof_accuracy": _accuracy(member_oof[j][covered], labels[covered]),
              "ensemble_of_first_oof_accuracy": _accuracy(member_oof[: j + 1].mean(0)[covered], labels[covered])}
             for j in range(n_members)]
+    if last:
+        teachers = _member_oof(run_dir, split, done, n_members, 0).mean(0)[covered]
+        metrics["rounds"] = [{"round": r, "oof_accuracy": _accuracy(
+            _member_oof(run_dir, split, done, n_members, r).mean(0)[covered], labels[covered])} for r in range(last + 1)]
+        metrics["students_vs_teachers"] = mcnemar(labels[covered], teachers, oof[covered])
+        students = [u for u in units_to_train(cfg, folds=done) if u.round and u.is_done(run_dir)]
+        metrics["pseudo"] = _pseudo_record(run_dir, students, n_members)
 
-    cv_test = np.stack([np.load(Unit(k, j).dir(run_dir) / "test_probs.npy") for k in done for j in range(n_members)])
-    refit_units = [Unit(None, j) for j in range(n_members)]
+    cv_test = np.stack([np.load(Unit(k, j, last).dir(run_dir) / "test_probs.npy") for k in done for j in range(n_members)])
+    refit_units = [Unit(None, j, last) for j in range(n_members)]
     refit_done = cfg.refit and all(u.is_done(run_dir) for u in refit_units)
     test = np.stack([np.load(u.dir(run_dir) / "test_probs.npy") for u in refit_units]) if refit_done else cv_test
     metrics["submission_from"] = f"refit: {n_members} net(s) on all rows" if refit_done else \
@@ -263,6 +380,13 @@ def finish(run_dir: Path, cfg: Config, labels: np.ndarray, fold_of: np.ndarray, 
     oof_acc = metrics["oof"]["accuracy"]
     for j, member in enumerate(metrics.get("members", [])):
         log.info(f"member {j}: OOF {member['oof_accuracy']:.4%}; members 0..{j} averaged {member['ensemble_of_first_oof_accuracy']:.4%}")
+    for r in metrics.get("rounds", []):
+        log.info(f"round {r['round']} ({'teachers' if r['round'] == 0 else 'students'}): OOF {r['oof_accuracy']:.4%}")
+    if last:
+        paired = metrics["students_vs_teachers"]
+        log.info(f"students vs teachers: {paired['b_errors']} against {paired['a_errors']} errors; "
+                 f"{paired['only_b_right']} rows only the students got right, {paired['only_a_right']} only the "
+                 f"teachers (McNemar p = {paired['p_value']:.3g})")
     log.info(f"OOF CV accuracy {oof_acc:.4%} over {metrics['oof']['rows']} rows ({len(done)}/{cfg.folds} folds"
              f"{f', {n_members} members' if n_members > 1 else ''}), log-loss {metrics['oof']['log_loss']:.4f}; "
              f"submission from the {metrics['submission_from']}")
@@ -277,8 +401,11 @@ class SavedRun:
     cfg: Config
     record: dict  # data.json
     dataset: data_mod.Dataset
-    rows: np.ndarray
-    fold_of: np.ndarray
+    split: Split
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.split.rows
 
     @property
     def labels(self) -> np.ndarray:
@@ -293,8 +420,7 @@ def open_run(run_dir: Path, overrides: dict | None = None) -> SavedRun:
     dataset = data_mod.load_data(cfg.data, announce=log.info)
     if dataset.content_hash != record["content_hash"]:
         raise UserError(f"{run_dir}: was trained on other data than {dataset.source} (content hash differs)")
-    saved = np.load(run_dir / "folds.npz")
-    return SavedRun(run_dir, cfg, record, dataset, saved["rows"], saved["fold_of"])
+    return SavedRun(run_dir, cfg, record, dataset, read_split(run_dir))
 
 
 def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) -> RunResult:
@@ -309,7 +435,7 @@ def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) ->
         if not unit.is_done(run_dir):
             continue
         member, unit_dir, label = members[unit.member], unit.dir(run_dir), unit.label(len(members))
-        engine.predict_net(engine.load_net(unit_dir, member, device), _fold_data(tensors, saved.fold_of, unit.fold),
-                           member, device, unit_dir, label)
+        data = _fold_data(tensors, saved.split.member_fold_of[unit.member], unit.fold)
+        engine.predict_net(engine.load_net(unit_dir, member, device), data, member, device, unit_dir, label)
         log.info(f"{label}: predicted from {unit_dir / 'weights.pt'}")
-    return finish(run_dir, cfg, saved.labels, saved.fold_of, demo=saved.dataset.demo)
+    return finish(run_dir, cfg, saved.labels, saved.split, demo=saved.dataset.demo)

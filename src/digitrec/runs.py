@@ -3,11 +3,14 @@
 A run folder holds:
   config.yaml          the resolved config
   data.json            where the data came from, its content hash, whether it is the demo set
-  folds.npz            rows (indices into train.csv) and fold_of (the fold each row is held out in)
+  folds.npz            rows (indices into train.csv), fold_of (the fold each row is held out in) and
+                       member_fold_of (members, rows): each member's own folds (they differ with fold_seed)
   fold<k>/m<j>/        ensemble member j trained on fold k: resume.pt while training; then weights.pt,
                        val_probs.npy, test_probs.npy, history.json and done.json (written last: done)
   refit/m<j>/          member j trained on all rows (refit: true); val_probs.npy is empty
-  member_oof_probs.npy (members, rows, 10) out-of-fold probabilities of each member
+  pl<r>/fold<k>/m<j>/  round r's pseudo-labelled student of member j on fold k (pseudo_rounds >= r); with
+  pl<r>/refit/m<j>/    pseudo-labels the refit is the last round's: it learns from the CV nets' labels
+  member_oof_probs.npy (members, rows, 10) out-of-fold probabilities of each member (the last round's)
   oof_probs.npy        (rows, 10) their average (NaN where the fold was not trained)
   test_probs.npy       (nets, test rows, 10): the nets the submission averages (refit or fold members)
   metrics.json         CV metrics; written when the run is complete
@@ -43,9 +46,11 @@ def new_run_dir(cfg: Config) -> Path:
     return run
 
 
-def unit_dir(run_dir: Path, fold: int | None, member: int) -> Path:
-    """Where one net of a run lives: fold<k>/m<j>, or refit/m<j> for a net trained on all rows."""
-    return run_dir / (f"fold{fold}" if fold is not None else "refit") / f"m{member}"
+def unit_dir(run_dir: Path, fold: int | None, member: int, round_: int = 0) -> Path:
+    """Where one net of a run lives: fold<k>/m<j>, or refit/m<j> for a net trained on all rows; a
+    pseudo-labelled student of round r under pl<r>/."""
+    top = run_dir / f"pl{round_}" if round_ else run_dir
+    return top / (f"fold{fold}" if fold is not None else "refit") / f"m{member}"
 
 
 def is_complete(run: Path) -> bool:
