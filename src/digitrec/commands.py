@@ -142,11 +142,41 @@ def cmd_download(args) -> None:
 # ---------------------------------------------------------------- submit and the ledger
 
 
+def _created(path: Path) -> str:
+    """When a submission was made: its sidecar's creation record (UTC, ISO 8601); a file without one (made
+    by hand, or before sidecars recorded it) by its modification time, in the same form."""
+    created = _sidecar(path).get("created")
+    if isinstance(created, str):
+        return created
+    return datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
 def newest_submission(folder: Path) -> Path:
-    files = sorted(folder.glob("*.csv"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    """The submission made last, by creation record: a file rewritten later (touched, copied back, or a
+    re-prediction's own file) does not jump the queue."""
+    files = sorted(folder.glob("*.csv"), key=lambda p: (_created(p), p.name))
     if not files:
         raise UserError(f"no submission in {folder}/ yet: run `make train` first, or give SUB=path")
     return files[-1]
+
+
+def _describe_submission(path: Path) -> str:
+    """Which run and settings a submission comes from, as its sidecar says."""
+    side = _sidecar(path)
+    if not side.get("run"):
+        return f"{path} (no record of the run that made it)"
+    parts = [f"run {Path(side['run']).name}"]
+    if side.get("prediction"):
+        parts.append(f"re-predicted in {Path(side['prediction']).name}")
+    if "tta" in side:
+        parts.append(f"TTA {'on' if side['tta'] else 'off'}")
+    if isinstance(side.get("oof_accuracy"), (int, float)):
+        parts.append(f"OOF {side['oof_accuracy']:.4%}")
+    if side.get("submission_from"):
+        parts.append(f"from the {side['submission_from']}")
+    if side.get("created"):
+        parts.append(f"made {side['created'][:19]} UTC")
+    return f"{path}: {', '.join(parts)}"
 
 
 def _sidecar(path: Path) -> dict:
@@ -216,6 +246,7 @@ def cmd_submit(args) -> None:
                         f"{' '.join(f'{key}={value}' for key, value in items.items())}")
     folder = runs.submissions_root(_config(args))
     path = Path(options.sub) if options.sub else newest_submission(folder)
+    print(f"{'the newest submission' if not options.sub else 'SUB'}: {_describe_submission(path)}")
     if _is_demo(path):
         raise UserError(f"{path}: made from the embedded demo set, not the competition data; it is never uploaded "
                         f"(get the real data with `make download`, then train)")

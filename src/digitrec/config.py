@@ -204,11 +204,19 @@ def validate(cfg: Config) -> Config:
     need(bool(cfg.name) and "/" not in cfg.name and not cfg.name.startswith("."),
          f"NAME (name) must be a plain folder name, got '{cfg.name}'")
     if cfg.members:
-        for j, member in enumerate(member_configs(cfg)):
+        members = member_configs(cfg)
+        for j, member in enumerate(members):
             try:
                 validate(member)
             except UserError as e:
                 raise UserError(f"member {j}: {e}") from None
+        # a member that sets seed: N collides with the default seed + index of another: the same net twice
+        # would count as diversity it is not
+        for j, member in enumerate(members):
+            twin = next((i for i in range(j) if members[i] == member), None)
+            if twin is not None:
+                raise UserError(f"members {twin} and {j} would train the identical net (the same settings, seed "
+                                f"{member.seed}, fold_seed {member.split_seed}); give one of them another seed")
     return cfg
 
 
@@ -251,11 +259,20 @@ def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None =
     return validate(cfg)
 
 
-def same_training(a: Config, b: Config) -> bool:
-    """Whether two configs train the same models (so a run of one may be resumed by the other).
-    Settings that only change how progress is shown or where outputs go do not count."""
-    ignore = {"progress", "runs_dir", "submissions_dir", "threads", "eval_batch_size", "tta", "timeout_minutes"}
+# Settings that change neither the nets nor their predictions beyond float rounding: how progress is
+# shown, where outputs go, how long a collective waits, and the batching and threads of the same sums.
+# Everything else, tta included, decides whether a run folder may be resumed.
+NOT_TRAINING = ("progress", "runs_dir", "submissions_dir", "threads", "eval_batch_size", "timeout_minutes")
+
+
+def training_differences(a: Config, b: Config) -> list[str]:
+    """The settings in which a and b train or predict differently, as 'key: a -> b'."""
     da, db = a.to_dict(), b.to_dict()
-    return all(da[k] == db[k] for k in KEYS if k not in ignore)
+    return [f"{k}: {da[k]} -> {db[k]}" for k in KEYS if k not in NOT_TRAINING and da[k] != db[k]]
+
+
+def same_training(a: Config, b: Config) -> bool:
+    """Whether two configs train and predict the same nets (so a run of one may be resumed by the other)."""
+    return not training_differences(a, b)
 
 

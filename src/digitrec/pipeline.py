@@ -10,6 +10,7 @@ averages the refit members (or, without a refit, every fold's members). Resumabl
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import time
 from dataclasses import dataclass
@@ -62,17 +63,19 @@ def make_split(cfg: Config, labels: np.ndarray) -> Split:
 
 
 def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, Split]:
-    """The run folder (a resumed one when the same training was interrupted) with its config, data
-    record and folds written."""
+    """The run folder (a resumed one when the same training was interrupted), locked by this process
+    (runs.lock), with its config, data record and folds written."""
     split = make_split(cfg, dataset.train_labels)
     run_dir = runs.find_resumable(cfg)
     if run_dir is not None:
         same_data = fileio.read_json(run_dir / "data.json")["content_hash"] == dataset.content_hash
         if same_data and _same_split(read_split(run_dir), split):
+            runs.lock(run_dir)  # a second process resuming the same folder stops here
             log.info(f"resuming run {run_dir}")
             fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
             return run_dir, split
     run_dir = runs.new_run_dir(cfg)
+    runs.lock(run_dir)  # before config.yaml makes the folder a run another process could find
     fileio.write_json(run_dir / "data.json", {"source": dataset.source, "demo": dataset.demo,
                                               "content_hash": dataset.content_hash,
                                               "train_rows": len(split.rows), "test_rows": len(dataset.test_images)})
@@ -242,6 +245,15 @@ def _train(cfg: Config, device: torch.device, ranks: distributed.Ranks) -> RunRe
         distributed.barrier(ranks)
         prepared = _prepare_run(cfg, dataset)
     run_dir, split = distributed.share(prepared if ranks.is_main else None, ranks)
+    try:
+        return _train_nets(cfg, device, ranks, dataset, run_dir, split)
+    finally:
+        runs.unlock(run_dir)
+
+
+def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dataset: data_mod.Dataset,
+                run_dir: Path, split: Split) -> RunResult:
+    by_folds = cfg.parallel == "folds" and ranks.world > 1
     members = config_mod.member_configs(cfg)
     if ranks.is_main:
         mode = "one process" if ranks.world == 1 else \
@@ -302,39 +314,42 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((probs.argmax(1) == labels).mean())
 
 
-def _member_oof(run_dir: Path, split: Split, done: list[int], n_members: int, round_: int) -> np.ndarray:
+def _member_oof(probs_root: Path, split: Split, done: list[int], n_members: int, round_: int) -> np.ndarray:
     """(members, rows, 10): each row's prediction by each member's net that held it out (NaN where none did)."""
     member_oof = np.full((n_members, len(split.rows), 10), np.nan, dtype=np.float32)
     for k in done:
         for j in range(n_members):
             unit = Unit(k, j, round_)
-            member_oof[j, unit.held_out(split)] = np.load(unit.dir(run_dir) / "val_probs.npy")
+            member_oof[j, unit.held_out(split)] = np.load(unit.dir(probs_root) / "val_probs.npy")
     return member_oof
 
 
-def _pseudo_record(run_dir: Path, units: list[Unit], n_members: int) -> list[dict]:
+def _pseudo_record(run_dir: Path, probs_root: Path, units: list[Unit], n_members: int) -> list[dict]:
     """Per student: its teachers, how many test rows it learnt from, and how often its own test labels
     differ from its teachers' (pseudo.npz against its test_probs.npy)."""
     record = []
     for unit in units:
         selection, teachers = pseudo.load(unit.dir(run_dir) / "pseudo.npz")
         record.append({"net": unit.label(n_members), "round": unit.round, "teacher_nets": teachers,
-                       **pseudo.agreement(np.load(unit.dir(run_dir) / "test_probs.npy"), selection)})
+                       **pseudo.agreement(np.load(unit.dir(probs_root) / "test_probs.npy"), selection)})
     return record
 
 
-def finish(run_dir: Path, cfg: Config, labels: np.ndarray, split: Split, demo: bool) -> RunResult:
+def finish(run_dir: Path, cfg: Config, labels: np.ndarray, split: Split, demo: bool,
+           prediction: Path | None = None) -> RunResult:
     """From the finished nets' probabilities: OOF probabilities (each row the average of the last round's
     members, each from the net that held the row out), metrics.json, and the submission (the refit
     members' average when the refit is finished, else the average of every fold's members). With
     pseudo-labels the metrics also hold every round's OOF and the paired test of the last round against
-    the first."""
+    the first. `prediction`: a `make predict` folder inside the run, where the nets' probabilities were
+    written and the run's outputs go (default: the run's own, as training wrote them)."""
+    probs_root = prediction or run_dir
     n_members = len(config_mod.member_configs(cfg))
     last = cfg.pseudo_rounds
     done = [k for k in range(cfg.folds) if all(Unit(k, j, last).is_done(run_dir) for j in range(n_members))]
     if not done:
         raise UserError(f"{run_dir}: no finished fold to build a submission from")
-    member_oof = _member_oof(run_dir, split, done, n_members, last)
+    member_oof = _member_oof(probs_root, split, done, n_members, last)
     oof = member_oof.mean(0)
     covered = np.isfinite(oof).all(1)  # rows every member has held out in a finished fold
     per_fold = {str(k): _accuracy(oof[covered & (split.fold_of == k)], labels[covered & (split.fold_of == k)])
@@ -347,36 +362,39 @@ def finish(run_dir: Path, cfg: Config, labels: np.ndarray, split: Split, demo: b
              "ensemble_of_first_oof_accuracy": _accuracy(member_oof[: j + 1].mean(0)[covered], labels[covered])}
             for j in range(n_members)]
     if last:
-        teachers = _member_oof(run_dir, split, done, n_members, 0).mean(0)[covered]
+        teachers = _member_oof(probs_root, split, done, n_members, 0).mean(0)[covered]
         metrics["rounds"] = [{"round": r, "oof_accuracy": _accuracy(
-            _member_oof(run_dir, split, done, n_members, r).mean(0)[covered], labels[covered])} for r in range(last + 1)]
+            _member_oof(probs_root, split, done, n_members, r).mean(0)[covered], labels[covered])} for r in range(last + 1)]
         metrics["students_vs_teachers"] = mcnemar(labels[covered], teachers, oof[covered])
         students = [u for u in units_to_train(cfg, folds=done) if u.round and u.is_done(run_dir)]
-        metrics["pseudo"] = _pseudo_record(run_dir, students, n_members)
+        metrics["pseudo"] = _pseudo_record(run_dir, probs_root, students, n_members)
 
-    cv_test = np.stack([np.load(Unit(k, j, last).dir(run_dir) / "test_probs.npy") for k in done for j in range(n_members)])
+    cv_test = np.stack([np.load(Unit(k, j, last).dir(probs_root) / "test_probs.npy")
+                        for k in done for j in range(n_members)])
     refit_units = [Unit(None, j, last) for j in range(n_members)]
     refit_done = cfg.refit and all(u.is_done(run_dir) for u in refit_units)
-    test = np.stack([np.load(u.dir(run_dir) / "test_probs.npy") for u in refit_units]) if refit_done else cv_test
+    test = np.stack([np.load(u.dir(probs_root) / "test_probs.npy") for u in refit_units]) if refit_done else cv_test
     metrics["submission_from"] = f"refit: {n_members} net(s) on all rows" if refit_done else \
         f"cv: {len(cv_test)} fold net(s)"
     if refit_done:  # how often the refit ensemble and the CV fold ensemble pick the same test label
         metrics["refit_agrees_with_cv"] = float((test.mean(0).argmax(1) == cv_test.mean(0).argmax(1)).mean())
-    fileio.write_npy(run_dir / "member_oof_probs.npy", member_oof)
-    fileio.write_npy(run_dir / "oof_probs.npy", oof)
-    fileio.write_npy(run_dir / "test_probs.npy", test)
+    fileio.write_npy(probs_root / "member_oof_probs.npy", member_oof)
+    fileio.write_npy(probs_root / "oof_probs.npy", oof)
+    fileio.write_npy(probs_root / "test_probs.npy", test)
 
     submissions = runs.submissions_root(cfg)
-    sub_path = submissions / f"{run_dir.name}{'.DEMO' if demo else ''}.csv"
+    name = run_dir.name + (f".{prediction.name}" if prediction else "")
+    sub_path = submissions / f"{name}{'.DEMO' if demo else ''}.csv"
     sha = write_submission(make_submission(test), sub_path, expected_rows=test.shape[1])
     fileio.write_json(sub_path.with_suffix(".json"), {
-        "run": str(run_dir), "demo_data": demo, "folds": done, "oof_accuracy": metrics["oof"]["accuracy"],
+        "run": str(run_dir), "prediction": str(prediction) if prediction else None, "tta": cfg.tta,
+        "created": _now(), "demo_data": demo, "folds": done, "oof_accuracy": metrics["oof"]["accuracy"],
         "submission_from": metrics["submission_from"], "sha256": sha})
     working = competition.kaggle_working()
     if working is not None:  # a Kaggle kernel's output is /kaggle/working/submission.csv
         fileio.write_bytes(working / "submission.csv", sub_path.read_bytes())
     metrics["submission"] = str(sub_path)
-    fileio.write_json(run_dir / "metrics.json", metrics)
+    fileio.write_json(probs_root / "metrics.json", metrics)
     oof_acc = metrics["oof"]["accuracy"]
     for j, member in enumerate(metrics.get("members", [])):
         log.info(f"member {j}: OOF {member['oof_accuracy']:.4%}; members 0..{j} averaged {member['ensemble_of_first_oof_accuracy']:.4%}")
@@ -424,18 +442,32 @@ def open_run(run_dir: Path, overrides: dict | None = None) -> SavedRun:
 
 
 def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) -> RunResult:
-    """Rebuild a run's predictions and submission from the saved weights of its finished nets."""
+    """Predict again from the saved weights of a run's finished nets, with the run's settings or another
+    tta, into the run's folder predict-tta<0|1>/ and a submission of its own: what training wrote stays
+    as it was."""
     logs.setup()
     saved = open_run(runs.resolve_run(run, runs_dir), {"tta": tta} if tta is not None else None)
     cfg, run_dir = saved.cfg, saved.run_dir
-    device = engine.select_device(cfg.device)
-    tensors = _on_device(saved.dataset, saved.rows, device)
-    members = config_mod.member_configs(cfg)
-    for unit in units_to_train(cfg, folds=list(range(cfg.folds)), refit=True):  # every net that may exist
-        if not unit.is_done(run_dir):
-            continue
-        member, unit_dir, label = members[unit.member], unit.dir(run_dir), unit.label(len(members))
-        data = _fold_data(tensors, saved.split.member_fold_of[unit.member], unit.fold)
-        engine.predict_net(engine.load_net(unit_dir, member, device), data, member, device, unit_dir, label)
-        log.info(f"{label}: predicted from {unit_dir / 'weights.pt'}")
-    return finish(run_dir, cfg, saved.labels, saved.split, demo=saved.dataset.demo)
+    runs.lock(run_dir)  # not while a `make train` still writes its nets
+    try:
+        out = run_dir / f"predict-tta{int(cfg.tta)}"
+        fileio.write_text(out / "config.yaml", cfg.to_yaml())
+        device = engine.select_device(cfg.device)
+        tensors = _on_device(saved.dataset, saved.rows, device)
+        members = config_mod.member_configs(cfg)
+        for unit in units_to_train(cfg, folds=list(range(cfg.folds)), refit=True):  # every net that may exist
+            if not unit.is_done(run_dir):
+                continue
+            member, label = members[unit.member], unit.label(len(members))
+            data = _fold_data(tensors, saved.split.member_fold_of[unit.member], unit.fold)
+            engine.predict_net(engine.load_net(unit.dir(run_dir), member, device), data, member, device,
+                               unit.dir(out), label)
+            log.info(f"{label}: predicted from {unit.dir(run_dir) / 'weights.pt'}")
+        return finish(run_dir, cfg, saved.labels, saved.split, demo=saved.dataset.demo, prediction=out)
+    finally:
+        runs.unlock(run_dir)
+
+
+def _now() -> str:
+    """A submission's creation time, as `make submit` orders them (UTC, ISO 8601, to the microsecond)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")

@@ -14,9 +14,15 @@ A run folder holds:
   oof_probs.npy        (rows, 10) their average (NaN where the fold was not trained)
   test_probs.npy       (nets, test rows, 10): the nets the submission averages (refit or fold members)
   metrics.json         CV metrics; written when the run is complete
+  predict-<settings>/  `make predict` with its prediction settings (tta0, tta1): the same files as the
+                       nets' and the run's predictions above, and its own config.yaml and metrics.json;
+                       what training wrote is never rewritten
+  .lock                held (flock) by the process training or predicting in the folder; its PID inside
 """
 from __future__ import annotations
 
+import logging
+import os
 import time
 from pathlib import Path
 
@@ -24,6 +30,8 @@ from . import config as config_mod
 from .competition import in_project
 from .config import Config
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def runs_root(cfg: Config) -> Path:
@@ -67,7 +75,9 @@ def list_runs(root: Path) -> list[Path]:
 
 def find_resumable(cfg: Config) -> Path | None:
     """The newest unfinished run of the same name that trains the same models: rerunning the same
-    command after a crash or Ctrl-C continues it instead of starting over."""
+    command after a crash or Ctrl-C continues it instead of starting over. When the newest unfinished
+    run of the name was trained with other settings, says which, since a new run starts instead."""
+    told = False
     for run in reversed(list_runs(runs_root(cfg))):
         if not run.name.startswith(f"{cfg.name}-") or is_complete(run):
             continue
@@ -77,9 +87,50 @@ def find_resumable(cfg: Config) -> Path | None:
             saved = config_mod.load(run / "config.yaml")
         except UserError:
             continue
-        if config_mod.same_training(saved, cfg):
+        differences = config_mod.training_differences(saved, cfg)
+        if not differences:
             return run
+        if not told:
+            log.info(f"not resuming {run}: it trains with other settings ({'; '.join(differences[:4])})")
+            told = True
     return None
+
+
+# ---------------------------------------------------------------- one process per run folder
+
+
+LOCK = ".lock"
+_held: dict[Path, object] = {}
+
+
+def lock(run_dir: Path) -> None:
+    """Hold run_dir for this process until unlock (or exit): an OS file lock (flock) on run_dir/.lock, so a
+    second `make train` or `make predict` of the same run stops instead of writing over this one, and a
+    crashed holder frees it with its death. The lock file is the one file not written through fileio: a
+    lock needs the same inode for every process, which an atomic rename would replace."""
+    import fcntl
+
+    path = run_dir / LOCK
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(f"{run_dir}: another process (PID {holder}) is using this run folder; wait for it to "
+                        f"finish, or train under another NAME=") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held[run_dir.resolve()] = handle
+
+
+def unlock(run_dir: Path) -> None:
+    handle = _held.pop(run_dir.resolve(), None)
+    if handle is not None:
+        handle.close()  # closing the file releases the flock
 
 
 def resolve_run(run: str | None, runs_dir: str = "runs") -> Path:

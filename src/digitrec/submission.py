@@ -27,9 +27,14 @@ def check_submission(frame: pd.DataFrame, expected_rows: int, where: str) -> Non
         raise UserError(f"{where}: has {len(frame)} rows, expected {expected_rows} (one per test image)")
     for column in SAMPLE_HEADER:
         if not pd.api.types.is_integer_dtype(frame[column]):
-            bad = pd.to_numeric(frame[column], errors="coerce")
-            row = int(np.flatnonzero(bad.isna() | (bad != bad.round()))[0])
-            raise UserError(f"{where}: line {row + 2}, column {column}: '{frame[column].iloc[row]}' is not an integer")
+            # pandas reads a column as integers only if every cell is one: the first cell that is not (blank,
+            # text, 2.5, or a whole number written as a float: 3.0) is the row to name
+            values = pd.to_numeric(frame[column], errors="coerce")
+            wrong = np.flatnonzero(values.isna() | (values != values.round()))
+            row = int(wrong[0]) if len(wrong) else 0
+            cell = frame[column].iloc[row]
+            hint = f" (write it as {int(values.iloc[row])})" if not len(wrong) else ""
+            raise UserError(f"{where}: line {row + 2}, column {column}: '{cell}' is not an integer{hint}")
     ids = frame["ImageId"].to_numpy()
     wrong = np.flatnonzero(np.sort(ids) != np.arange(1, expected_rows + 1))
     if len(wrong):
