@@ -69,8 +69,8 @@ submit: $(SETUP)  ## upload a submission (SUB=, default newest; MSG=; DRY_RUN=1 
 scores: $(SETUP)  ## this account's submissions and public scores, beside the local ledger
 	$(CLI) scores
 
-kernel: $(SETUP)  ## build kernel/: metadata + one script carrying the package (GPU on, internet off)
-	$(CLI) kernel $(ARGS)
+kernel: $(SETUP)  ## build kernel/: metadata + one script carrying the package (CONFIG=; ACCEL=NvidiaTeslaT4 (default), NvidiaL4, cpu, ...)
+	$(CLI) kernel --config $(CONFIG) $(if $(ACCEL),accel=$(ACCEL)) $(ARGS)
 
 kernel-push: $(SETUP)  ## push kernel/ with kaggle kernels push
 	$(CLI) kernel-push

@@ -29,6 +29,7 @@ def test_build_writes_the_metadata_and_one_script(workdir: Path, monkeypatch: py
     meta = json.loads((workdir / "kernel" / competition.METADATA).read_text())
     assert meta["id"] == "someone/digitrec" and meta["title"] == "digitrec" and meta["code_file"] == kernel.SCRIPT
     assert meta["enable_gpu"] is True and meta["enable_internet"] is False
+    assert meta["machine_shape"] == "NvidiaTeslaT4"  # Kaggle's two-T4 machine, unless ACCEL= says otherwise
     assert meta["competition_sources"] == ["digit-recognizer"] and meta["kernel_type"] == "script"
     assert sorted(p.name for p in (workdir / "kernel").iterdir()) == sorted([competition.METADATA, kernel.SCRIPT])
     script = (workdir / "kernel" / kernel.SCRIPT).read_text()
@@ -37,6 +38,24 @@ def test_build_writes_the_metadata_and_one_script(workdir: Path, monkeypatch: py
         assert f"'digitrec/{module.name}'" in script
     assert "'epochs': 3," in script and "'batch_size': 64," in script
     assert "never-in-a-kernel" not in script
+
+
+@pytest.mark.parametrize("accel, shape", [("NvidiaL4", "NvidiaL4"), ("nvidial4x1", "NvidiaL4X1"),
+                                          ("NvidiaH100", "NvidiaH100"), ("cpu", None)])
+def test_the_accelerator_is_the_metadatas_machine_shape(workdir: Path, accel: str, shape: str | None) -> None:
+    kernel.build(workdir / "kernel", config.Config(), "someone/digitrec", accel)
+    meta = json.loads((workdir / "kernel" / competition.METADATA).read_text())
+    assert meta.get("machine_shape") == shape and meta["enable_gpu"] is (shape is not None)
+
+
+def test_unknown_and_retired_accelerators_are_refused(workdir: Path) -> None:
+    accepted = ", ".join(kernel.ACCELERATORS)
+    with pytest.raises(UserError) as info:
+        kernel.build(workdir / "kernel", config.Config(), "someone/digitrec", "NvidiaV100")
+    assert str(info.value) == f"ACCEL=NvidiaV100: unknown accelerator; use one of {accepted}"
+    with pytest.raises(UserError, match=r"^ACCEL=NvidiaTeslaP100: not offered, because .*without sm_60 code.*; use one of "):
+        kernel.build(workdir / "kernel", config.Config(), "someone/digitrec", "NvidiaTeslaP100")
+    assert not (workdir / "kernel").exists()
 
 
 def test_the_kernel_id_must_be_usable(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,22 +68,27 @@ def test_the_kernel_id_must_be_usable(workdir: Path, monkeypatch: pytest.MonkeyP
         kernel.build(workdir / "kernel", config.Config(), "me/x")
 
 
-def test_the_kernel_script_trains_in_a_simulated_kernel(demo_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("nproc", [None, 2])
+def test_the_kernel_script_trains_in_a_simulated_kernel(demo_dir: Path, tmp_path: Path, nproc: int | None) -> None:
     """KAGGLE_KERNEL_RUN_TYPE set, /kaggle/input and /kaggle/working remapped to temp folders, the data
-    in a folder not named digit-recognizer, and no PYTHONPATH: the script must carry the package."""
+    in a folder not named digit-recognizer, and no PYTHONPATH: the script must carry the package. nproc=2:
+    the two-GPU mode on the CPU, the script started again under torchrun, two ranks training whole nets."""
     inputs, working = tmp_path / "kaggle" / "input", tmp_path / "kaggle" / "working"
     (inputs / "mnist-copy").mkdir(parents=True)
     working.mkdir()
     for name in competition.FILES:  # the demo set without its demo marker stands in for the competition data
         shutil.copy(demo_dir / name, inputs / "mnist-copy" / name)
     tiny = config.load(None, {"epochs": 1, "folds": 2, "limit": 200, "batch_size": 64, "progress": False})
-    built = kernel.build(tmp_path / "kernel", tiny, "someone/digitrec")
+    built = kernel.build(tmp_path / "kernel", tiny, "someone/digitrec", nproc=nproc)
     env = clean_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", DIGITREC_KAGGLE_INPUT=str(inputs),
                     DIGITREC_KAGGLE_WORKING=str(working))
     env.pop("PYTHONPATH")
     done = subprocess.run([sys.executable, str(built / kernel.SCRIPT)], cwd=working, env=env,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    if nproc:
+        output = done.stdout + done.stderr
+        assert "digitrec: 2 processes under torchrun" in output and "2 processes, whole nets per rank" in output
     where = next(line for line in done.stdout.splitlines() if line.startswith("digitrec from "))
     assert str(ROOT / "src") not in where and "digitrec-" in where  # the carried copy, not the checkout
     assert f"data {inputs / 'mnist-copy'}" in where

@@ -42,6 +42,8 @@ class SubmitSettings:
 @dataclass
 class KernelSettings:
     id: str | None = None  # <kaggle username>/<slug>; <KAGGLE_USERNAME>/digitrec when not given
+    accel: str = "NvidiaTeslaT4"  # ACCEL=: the kaggle CLI's machine_shape (kernel.ACCELERATORS), or cpu
+    nproc: int | None = None  # processes to train in; None: one per GPU the kernel finds
 
 
 def _config(args, items: dict[str, str] | None = None) -> config_mod.Config:
@@ -320,10 +322,11 @@ def cmd_kernel(args) -> None:
     if kernel_id is None:
         raise UserError("the kernel's id needs your Kaggle username: set KAGGLE_USERNAME, or "
                         "`make kernel ARGS=id=<username>/digitrec`")
-    out = kernel.build(competition.kernel_dir(), cfg, kernel_id)
-    print(f"{out}/: {competition.METADATA} (id {kernel_id}, GPU on, internet off, competition {NAME}) and "
-          f"{kernel.SCRIPT} ({(out / kernel.SCRIPT).stat().st_size} bytes, {cfg.epochs} epochs x {cfg.folds} "
-          f"folds); push it with `make kernel-push`")
+    out = kernel.build(competition.kernel_dir(), cfg, kernel_id, options.accel, options.nproc)
+    accel = kernel.accelerator(options.accel)
+    print(f"{out}/: {competition.METADATA} (id {kernel_id}, {accel}: {kernel.ACCELERATORS[accel]}; internet off, "
+          f"competition {NAME}) and {kernel.SCRIPT} ({(out / kernel.SCRIPT).stat().st_size} bytes, {cfg.epochs} "
+          f"epochs x {cfg.folds} folds); push it with `make kernel-push`")
 
 
 def _kernel_id() -> str:

@@ -71,7 +71,10 @@ class Config:
     timeout_minutes: float = 10.0  # a collective that waits longer on a lost peer fails instead of hanging
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast where the hardware computes bf16 natively (CUDA, AVX512-BF16/AMX CPUs)
+    # mixed precision: true follows the hardware (engine.precision: bf16 where native, fp16 + GradScaler on GPUs
+    # without bf16 such as the T4, fp32 on other CPUs); false is fp32; bf16 or fp16 asks for that one
+    amp: bool | str = True
+    precision: str | None = None  # set by the run: the precision it computed in (bf16, fp16 or fp32), recorded
     channels_last: bool = False  # NHWC: measured slower for this small CNN on both the CPU and an H100
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # torch intra-op threads; None = torch's default
@@ -190,6 +193,8 @@ def validate(cfg: Config) -> Config:
          f"width ({cfg.width}) must be a positive multiple of groups ({cfg.groups})")
     need(cfg.rotate >= 0 and 0 <= cfg.scale < 1 and 0 <= cfg.shift < 1 and 0 <= cfg.elastic <= 8,
          "augmentation needs rotate >= 0, 0 <= scale < 1, 0 <= shift < 1, 0 <= elastic <= 8 (pixels)")
+    need(isinstance(cfg.amp, bool) or cfg.amp in ("bf16", "fp16"), f"amp must be true, false, bf16 or fp16, got '{cfg.amp}'")
+    need(cfg.precision in (None, "bf16", "fp16", "fp32"), f"precision is recorded by a run (bf16, fp16 or fp32), got '{cfg.precision}'")
     need(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
     need(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
     need(cfg.parallel in ("data", "folds"), f"parallel must be data or folds, got '{cfg.parallel}'")
@@ -262,7 +267,10 @@ def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None =
 # Settings that change neither the nets nor their predictions beyond float rounding: how progress is
 # shown, where outputs go, how long a collective waits, and the batching and threads of the same sums.
 # Everything else, tta included, decides whether a run folder may be resumed.
-NOT_TRAINING = ("progress", "runs_dir", "submissions_dir", "threads", "eval_batch_size", "timeout_minutes")
+# precision is a record of what amp meant on the machine that ran: a run resumed on other hardware goes on in
+# that hardware's precision (and records it).
+NOT_TRAINING = ("progress", "runs_dir", "submissions_dir", "threads", "eval_batch_size", "timeout_minutes",
+                "precision")
 
 
 def training_differences(a: Config, b: Config) -> list[str]:

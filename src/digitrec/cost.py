@@ -105,7 +105,7 @@ def energy_method(device: torch.device, settings: CostSettings) -> dict:
 
 @torch.inference_mode()
 def measure_latency(model: nn.Module, device: torch.device, batch_sizes: tuple[int, ...], settings: CostSettings,
-                    channels_last: bool = True, amp: bool = True) -> list[dict]:
+                    channels_last: bool = True, amp: bool | str = True) -> list[dict]:
     """Per batch size: the median time of one forward call on uint8 images (made float and laid out as
     in prediction, softmax included), per image and as images per second, with its energy.
 
@@ -116,13 +116,14 @@ def measure_latency(model: nn.Module, device: torch.device, batch_sizes: tuple[i
     from torch.utils import benchmark
 
     model.eval()
+    compute = engine.precision(device, amp)
     power = power_of(device, settings)
     rows = []
     for batch in batch_sizes:
         images = torch.randint(0, 256, (batch, 28, 28), dtype=torch.uint8, device=device)
 
         def once() -> None:
-            with engine.autocast(device, amp):
+            with engine.autocast(device, compute):
                 model(engine.to_input(images, channels_last)).float().softmax(1)
 
         timer = benchmark.Timer("once()", globals={"once": once}, num_threads=torch.get_num_threads())

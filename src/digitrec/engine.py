@@ -34,11 +34,53 @@ log = logging.getLogger(__name__)
 
 
 def select_device(name: str) -> torch.device:
+    """device=auto: the GPU when there is one this torch can run on, else the CPU (saying why when a GPU is
+    passed over); device=cuda[:N]: that GPU, or one clear line when it is missing or unsupported."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name}: CUDA is not available on this machine (use device=cpu or auto)")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        problem = unsupported_gpu(torch.device("cuda"))
+        if problem is None:
+            return torch.device("cuda")
+        log.warning(f"{problem}; device=auto trains on the CPU instead")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device={name}: CUDA is not available on this machine (use device=cpu or auto)")
+        problem = unsupported_gpu(torch.device(name))
+        if problem is not None:
+            raise UserError(f"device={name}: {problem}")
     return torch.device(name)
+
+
+def runs_on(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a torch built for `arch_list` (torch.cuda.get_arch_list(): sm_75, ..., compute_90) has
+    code for a GPU of this compute capability: a cubin of the same major version and no newer minor, or
+    PTX (compute_XY) of this capability or older, which the driver compiles."""
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        if not number.isdigit() or len(number) < 2:
+            continue
+        built = (int(number[:-1]), int(number[-1]))
+        if kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
+            return True
+        if kind == "compute" and built <= capability:
+            return True
+    return False
+
+
+def unsupported_gpu(device: torch.device) -> str | None:
+    """Why this torch cannot run on the GPU (None when it can). Kaggle's P100 under an image whose torch
+    has no sm_60 code is the case: torch.cuda.is_available() is true, and the first CUDA op dies with
+    "no kernel image is available for execution on the device"."""
+    major, minor = torch.cuda.get_device_capability(device)
+    arch_list = torch.cuda.get_arch_list()
+    if not arch_list or runs_on((major, minor), arch_list):
+        return None
+    return (f"GPU {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}, sm_{major}{minor}) is not "
+            f"among the architectures torch {torch.__version__} was built for ({' '.join(arch_list)}); on Kaggle "
+            f"choose a T4 or an L4 (make kernel ACCEL=NvidiaTeslaT4 or ACCEL=NvidiaL4), elsewhere install a torch "
+            f"built for sm_{major}{minor}")
 
 
 def use_host_settings(cfg: Config) -> None:
@@ -82,7 +124,7 @@ def to_input(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
 @functools.cache  # asked before every forward pass; the answer never changes within a process
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bf16 natively: CUDA GPUs from Ampere on, CPUs with AVX512-BF16 or
-    AMX. Elsewhere bf16 is emulated and slower than fp32, so amp=true falls back to fp32 there."""
+    AMX. Elsewhere bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
@@ -92,16 +134,26 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def uses_bf16(device: torch.device, amp: bool) -> bool:
-    """Whether amp=true means bf16 on this device (the one rule autocast and the bench both follow)."""
-    return amp and native_bf16(device)
+def precision(device: torch.device, amp: bool | str) -> str:
+    """The one rule for what a net computes in: bf16, fp16 or fp32. amp=true follows the hardware: bf16
+    where it is native (Ampere and later GPUs, AVX512-BF16/AMX CPUs); fp16 with a GradScaler on GPUs
+    without bf16 (T4, V100), whose tensor cores would idle in fp32; fp32 on other CPUs, where bf16 is
+    emulated and slower. amp=false is fp32; amp=bf16 or fp16 asks for that one (fp16 runs on the CPU
+    too, which is how tests step the GradScaler)."""
+    if amp is False:
+        return "fp32"
+    if amp in ("bf16", "fp16"):
+        return amp
+    if native_bf16(device):
+        return "bf16"
+    return "fp16" if device.type == "cuda" else "fp32"
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast where the hardware has it; the loss and softmax are taken in fp32 by the callers."""
-    if uses_bf16(device, enabled):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+def autocast(device: torch.device, precision_name: str):
+    """Autocast to the precision (engine.precision); the loss and softmax are taken in fp32 by the callers."""
+    if precision_name == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision_name == "bf16" else torch.float16)
 
 
 @torch.no_grad()
@@ -115,7 +167,7 @@ def predict_proba(model: nn.Module, images: torch.Tensor, cfg: Config, device: t
     for batch in images.split(cfg.eval_batch_size):
         x = to_input(batch.to(device, non_blocking=True), cfg.channels_last)
         views = tta_views(x) if tta else [x]
-        with autocast(device, cfg.amp):
+        with autocast(device, precision(device, cfg.amp)):
             probs = sum(F.softmax(model(v).float(), dim=1) for v in views) / len(views)
         out.append(probs.cpu())
     return torch.cat(out).numpy().astype(np.float32)
@@ -201,6 +253,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: Any  # timm's CosineLRScheduler
     ema: Any  # timm's ModelEmaV3, or None (ema: false)
+    scaler: Any  # torch.amp.GradScaler for fp16, else None: fp16's small gradients would underflow unscaled
     step: int = 0  # optimizer steps taken
 
     @property
@@ -220,7 +273,8 @@ class Trainer:
     def update(self, window: torch.Tensor, data: FoldData) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over `window`, the LR schedule's step and the EMA's update: the body of
         train_net's loop, and what the bench times. Returns train_step's (loss sum, correct)."""
-        out = train_step(self.forward, self.optimizer, window, data, self.cfg, self.device, ranks=self.ranks)
+        out = train_step(self.forward, self.optimizer, window, data, self.cfg, self.device, ranks=self.ranks,
+                         scaler=self.scaler)
         self.step += 1
         self.scheduler.step_update(num_updates=self.step)
         if self.ema is not None:
@@ -229,7 +283,8 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {}}
+                "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {},
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
@@ -238,6 +293,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None and state.get("scaler"):  # the loss scale it had grown or cut to
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def make_trainer(cfg: Config, device: torch.device, n_train: int, ranks: Ranks = ALONE) -> Trainer:
@@ -250,13 +307,14 @@ def make_trainer(cfg: Config, device: torch.device, n_train: int, ranks: Ranks =
     schedule = Schedule(n_train, cfg)
     optimizer, scheduler = make_optimizer(model, cfg, schedule)
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+    scaler = torch.amp.GradScaler(device.type) if precision(device, cfg.amp) == "fp16" else None
     forward = model
     if ranks.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     forward = torch.compile(forward) if cfg.compile else forward
-    return Trainer(cfg, device, ranks, schedule, model, forward, optimizer, scheduler, ema)
+    return Trainer(cfg, device, ranks, schedule, model, forward, optimizer, scheduler, ema, scaler)
 
 
 def preflight(cfg: Config, device_name: str | None = None) -> torch.device:
@@ -269,11 +327,13 @@ def preflight(cfg: Config, device_name: str | None = None) -> torch.device:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: torch.Tensor, data: FoldData,
-               cfg: Config, device: torch.device, augment: bool = True,
-               ranks: Ranks = ALONE) -> tuple[torch.Tensor, torch.Tensor]:
+               cfg: Config, device: torch.device, augment: bool = True, ranks: Ranks = ALONE,
+               scaler: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over `window` (indices of up to BS x ACCUM x WORLD_SIZE images): this rank
     takes every world-th index, as micro-batches of BS. Returns this rank's summed loss and number of
-    correct predictions, as device tensors (no sync)."""
+    correct predictions, as device tensors (no sync). With a GradScaler (fp16) every backward is of the
+    scaled loss, and the step unscales the window's summed gradients first (or skips an overflowed one)."""
+    compute = precision(device, cfg.amp)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     micros = window[ranks.rank::ranks.world].split(cfg.batch_size)  # the same count on every rank
@@ -286,15 +346,20 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, window: torch
         # DDP all-reduces on every backward; the accumulating ones keep their gradients local
         sync = nullcontext() if ranks.world == 1 or i == len(micros) - 1 else model.no_sync()
         with sync:
-            with autocast(device, cfg.amp):
+            with autocast(device, compute):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="sum")
             # the accumulation scaling: one over the window's real size; DDP then averages over the ranks,
             # which the world factor undoes, so the step is the window's mean gradient on any rank count
-            (loss / len(window) * ranks.world).backward()
+            window_loss = loss / len(window) * ranks.world
+            (scaler.scale(window_loss) if scaler is not None else window_loss).backward()
         loss_sum += loss.detach()
         correct += (logits.argmax(1) == hard_labels(y)).sum()
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, correct
 

@@ -1,10 +1,12 @@
 """The Kaggle kernel: `build` writes kernel-metadata.json and one script that carries this package, so a
-kernel (GPU on, internet off, no pip) trains with the same pipeline; `run_in_kernel` is what that script
-calls once it is running there. (`make kernel` is commands.cmd_kernel.)
+kernel (internet off, no pip) trains with the same pipeline on the accelerator it asks for; `run_in_kernel`
+is what that script calls once it is running there. (`make kernel` is commands.cmd_kernel.)
 
 Inside a kernel (KAGGLE_KERNEL_RUN_TYPE set) data comes from /kaggle/input (data.locate), runs and the
 final submission.csv go to /kaggle/working (competition.kaggle_working), and nothing is installed or
-uploaded.
+uploaded. On a machine with several GPUs (Kaggle's default GPU is two T4s) the script starts itself again
+under torchrun, one process per GPU, each training whole nets (parallel: folds): `make train NPROC=2`'s
+code.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import dataclasses
 import os
 import pprint
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +26,36 @@ from .errors import UserError
 
 SCRIPT = "digitrec_kernel.py"
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+# ACCEL=: the kaggle CLI's machine_shape values (kaggle-cli docs/kernels.md, September 2026) this pipeline
+# runs on, and cpu for a kernel without an accelerator. Kaggle lets some of them only to some accounts or
+# competitions.
+ACCELERATORS = {
+    "NvidiaTeslaT4": "two T4 GPUs (sm_75; no bf16, so fp16 with a GradScaler), Kaggle's default GPU: one process per GPU",
+    "NvidiaL4": "the L4 machine (sm_89, bf16)",
+    "NvidiaL4X1": "one L4 GPU (sm_89, bf16)",
+    "NvidiaTeslaA100": "an A100 (sm_80, bf16)",
+    "NvidiaH100": "an H100 (sm_90, bf16)",
+    "NvidiaRtxPro6000": "an RTX Pro 6000 (sm_120, bf16)",
+    "cpu": "no accelerator (Kaggle's CPU machine; about 80 min for the default config at the AVX2 rate)",
+}
+REFUSED = {
+    "NvidiaTeslaP100": "Kaggle retired it, and today's Kaggle image ships a cu128 torch without sm_60 code, so the "
+                       "first CUDA operation fails with 'no kernel image is available'",
+    "NvidiaTeslaT4Highmem": "it is an internal Kaggle pool, not open to users",
+}
+
+
+def accelerator(name: str) -> str:
+    """ACCEL=, case-insensitive, as the kaggle CLI spells it; unknown or refused ones in one line."""
+    known = {key.lower(): key for key in ACCELERATORS}
+    if name.lower() in known:
+        return known[name.lower()]
+    refused = {key.lower(): key for key in REFUSED}
+    if name.lower() in refused:
+        key = refused[name.lower()]
+        raise UserError(f"ACCEL={name}: not offered, because {REFUSED[key]}; use one of {', '.join(ACCELERATORS)}")
+    raise UserError(f"ACCEL={name}: unknown accelerator; use one of {', '.join(ACCELERATORS)}")
 
 SCRIPT_HEAD = '''"""digitrec on Kaggle: trains the pipeline in this kernel and writes /kaggle/working/submission.csv.
 
@@ -46,29 +79,35 @@ def main() -> int:
     sys.path.insert(0, str(home))
     from digitrec.kernel import run_in_kernel
 
-    return run_in_kernel(CONFIG, home)
+    return run_in_kernel(CONFIG, home, script=Path(__file__), nproc=NPROC)
 
 
 sys.exit(main())
 '''
 
 
-def render_script(cfg: config_mod.Config) -> str:
-    """The kernel's one script: the resolved config and every module of the package, as literals."""
+def render_script(cfg: config_mod.Config, nproc: int | None = None) -> str:
+    """The kernel's one script: the resolved config, the processes to train in (None: one per GPU), and
+    every module of the package, as literals."""
     settings = pprint.pformat(cfg.to_dict(), sort_dicts=False, width=100)
     modules = sorted(PACKAGE_DIR.glob("*.py"))
     package = "".join(f"    {f'digitrec/{m.name}'!r}: {m.read_text(encoding='utf-8')!r},\n" for m in modules)
-    return f"{SCRIPT_HEAD}CONFIG = {settings}\n\nPACKAGE = {{\n{package}}}\n{SCRIPT_TAIL}"
+    return f"{SCRIPT_HEAD}CONFIG = {settings}\n\nNPROC = {nproc!r}\n\nPACKAGE = {{\n{package}}}\n{SCRIPT_TAIL}"
 
 
-def build(out: Path, cfg: config_mod.Config, kernel_id: str) -> Path:
+def build(out: Path, cfg: config_mod.Config, kernel_id: str, accel: str = "NvidiaTeslaT4",
+          nproc: int | None = None) -> Path:
+    """kernel-metadata.json (the accelerator as machine_shape; none for cpu) and the script. Several
+    processes (several GPUs, or nproc) train whole nets each: parallel: folds."""
     owner, _, slug = kernel_id.partition("/")
     if not owner or not re.fullmatch(r"[a-z0-9][a-z0-9-]{4,49}", slug):
         raise UserError(f"kernel id '{kernel_id}' must be <your-kaggle-username>/<slug>, the slug 5-50 characters "
                         f"of a-z, 0-9 and -")
+    accel = accelerator(accel)
     # a local DATA= path means nothing on Kaggle: the kernel finds the competition under /kaggle/input
-    cfg = dataclasses.replace(cfg, data=None)
-    fileio.write_text(out / SCRIPT, render_script(cfg))
+    cfg = dataclasses.replace(cfg, data=None, parallel="folds")
+    fileio.write_text(out / SCRIPT, render_script(cfg, nproc))
+    gpu = {"enable_gpu": False} if accel == "cpu" else {"enable_gpu": True, "machine_shape": accel}
     fileio.write_json(out / competition.METADATA, {
         "id": kernel_id,
         "title": slug,  # Kaggle derives the slug from the title: keep them equal
@@ -76,7 +115,7 @@ def build(out: Path, cfg: config_mod.Config, kernel_id: str) -> Path:
         "language": "python",
         "kernel_type": "script",
         "is_private": True,
-        "enable_gpu": True,
+        **gpu,
         "enable_tpu": False,
         "enable_internet": False,
         "competition_sources": [competition.NAME],
@@ -87,11 +126,26 @@ def build(out: Path, cfg: config_mod.Config, kernel_id: str) -> Path:
     return out
 
 
-def run_in_kernel(settings: dict, scratch: Path) -> int:
-    """Train with the embedded settings inside a Kaggle kernel; returns an exit status like the CLI's."""
+def _processes(nproc: int | None) -> int:
+    """How many processes the kernel trains in: nproc as built, else one per GPU this torch can use."""
+    if nproc is not None:
+        return nproc
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def run_in_kernel(settings: dict, scratch: Path, script: Path | None = None, nproc: int | None = None) -> int:
+    """Train with the embedded settings inside a Kaggle kernel; returns an exit status like the CLI's. With
+    several processes to train in, the first call starts `script` again under torchrun and waits for it."""
+    working = competition.kaggle_working()
+    processes = _processes(nproc) if working is not None else 1
+    if processes > 1 and "RANK" not in os.environ and script is not None:
+        print(f"digitrec: {processes} processes under torchrun, whole nets each", flush=True)
+        return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                f"--nproc-per-node={processes}", str(script)])
     from . import pipeline  # only here: building the kernel needs no training code
 
-    working = competition.kaggle_working()
     try:
         if working is None:
             raise UserError("KAGGLE_KERNEL_RUN_TYPE is not set: this script runs inside a Kaggle kernel")
@@ -108,5 +162,6 @@ def run_in_kernel(settings: dict, scratch: Path) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"kernel done: {working / 'submission.csv'}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"kernel done: {working / 'submission.csv'}")
     return 0

@@ -223,6 +223,7 @@ def train(cfg: Config) -> RunResult:
     cfg = dataclasses.replace(cfg, world_size=ranks.world if cfg.parallel == "data" else 1)
     # settings, then data, are checked before anything is written
     device = engine.preflight(cfg, distributed.device_for(cfg.device, ranks))
+    cfg = dataclasses.replace(cfg, precision=engine.precision(device, cfg.amp))  # recorded in config.yaml
     ranks = distributed.start(device, cfg.timeout_minutes)
     try:
         with distributed.peers_watched(ranks):
@@ -258,7 +259,7 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
     if ranks.is_main:
         mode = "one process" if ranks.world == 1 else \
             f"{ranks.world} processes, {'whole nets per rank' if by_folds else 'data-parallel (DDP)'}"
-        log.info(f"device: {device} ({torch.get_num_threads()} threads), {mode}")
+        log.info(f"device: {device} ({torch.get_num_threads()} threads), {mode}, {cfg.precision}")
         _describe(cfg, members)
     tensors = _on_device(dataset, split.rows, device)
     labels = dataset.train_labels[split.rows]

@@ -1,0 +1,107 @@
+"""Precision follows the hardware (issue 22): bf16 where native, fp16 with a GradScaler on GPUs without it,
+fp32 elsewhere, in one rule; a GPU this torch was not built for stops with one line (device=cuda) or is
+passed over for the CPU (device=auto); fp16 trains on the CPU and a resumed net keeps its loss scale."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from digitrec import config, engine, fileio
+from digitrec.errors import UserError
+
+CPU = torch.device("cpu")
+
+
+def test_the_precision_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu = torch.device("cuda")
+    engine.native_bf16.cache_clear()
+    monkeypatch.setattr(engine, "native_bf16", lambda device: device.type == "cuda" and bf16_gpu)
+    bf16_gpu = True
+    assert engine.precision(gpu, True) == "bf16"  # Ampere and later
+    bf16_gpu = False
+    assert engine.precision(gpu, True) == "fp16"  # a T4: fp16 with the GradScaler
+    assert engine.precision(CPU, True) == "fp32"  # a CPU without native bf16
+    assert engine.precision(gpu, False) == "fp32" and engine.precision(CPU, "fp16") == "fp16"
+    assert engine.precision(CPU, "bf16") == "bf16"
+
+
+def test_amp_takes_true_false_bf16_or_fp16() -> None:
+    assert config.load(None, ["amp=fp16"]).amp == "fp16" and config.load(None, ["amp=off"]).amp is False
+    with pytest.raises(UserError, match="^amp must be true, false, bf16 or fp16, got 'fp8'$"):
+        config.load(None, ["amp=fp8"])
+
+
+@pytest.fixture
+def p100(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A P100 under a torch built for sm_75 and newer, as Kaggle's image has it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_86", "sm_90", "sm_120"])
+
+
+def test_an_unsupported_gpu_is_one_line_for_device_cuda(p100) -> None:
+    with pytest.raises(UserError) as info:
+        engine.select_device("cuda")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("device=cuda: GPU Tesla P100-PCIE-16GB (compute capability 6.0, sm_60)")
+    assert f"torch {torch.__version__}" in message and "ACCEL=NvidiaTeslaT4" in message
+
+
+def test_device_auto_falls_back_to_the_cpu(p100, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="digitrec.engine"):
+        assert engine.select_device("auto") == CPU
+    assert "sm_60" in caplog.text and "device=auto trains on the CPU instead" in caplog.text
+
+
+@pytest.mark.parametrize("capability, arch_list, runs", [
+    ((7, 5), ["sm_75", "sm_80"], True),
+    ((8, 6), ["sm_80", "sm_90"], True),  # an sm_80 cubin runs on sm_86
+    ((8, 9), ["sm_75", "compute_80"], True),  # PTX compiled by the driver
+    ((6, 0), ["sm_75", "sm_80", "compute_90"], False),
+    ((9, 0), ["sm_80", "sm_86"], False),
+])
+def test_runs_on(capability, arch_list, runs) -> None:
+    assert engine.runs_on(capability, arch_list) is runs
+
+
+def _fp16(**more) -> config.Config:
+    return config.load(None, {"amp": "fp16", "width": 8, "batch_size": 8, "epochs": 1, "progress": False,
+                              "tta": False, **more})
+
+
+def test_fp16_steps_a_net_on_the_cpu_with_the_grad_scaler() -> None:
+    cfg = _fp16()
+    torch.manual_seed(0)
+    trainer = engine.make_trainer(cfg, CPU, 16)
+    assert isinstance(trainer.scaler, torch.amp.GradScaler) and trainer.scaler.get_scale() == 65536.0
+    images = torch.randint(0, 255, (16, 28, 28), dtype=torch.uint8)
+    data = engine.FoldData(images, torch.arange(16) % 10, torch.arange(16), torch.arange(0), images[:0])
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:  # every forward pass under fp16 autocast
+        original = torch.nn.Linear.forward
+        patch.setattr(torch.nn.Linear, "forward", lambda self, x: calls.append(torch.get_autocast_dtype("cpu"))
+                      or original(self, x))
+        for window in trainer.start_epoch(data.train_idx, torch.Generator().manual_seed(0)):
+            loss, _ = trainer.update(window, data)
+    assert calls and set(calls) == {torch.float16} and torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert engine.make_trainer(config.load(None, {"amp": False, "width": 8}), CPU, 16).scaler is None
+
+
+def test_a_resumed_net_restores_the_loss_scale(demo_dir: Path, tmp_path: Path) -> None:
+    images = torch.randint(0, 255, (32, 28, 28), dtype=torch.uint8)
+    data = engine.FoldData(images, torch.arange(32) % 10, torch.arange(24), torch.arange(24, 32), images[:4])
+    unit = tmp_path / "fold0" / "m0"
+    engine.train_net(_fp16(), data, 1, "fold 0", unit, CPU)
+    state = fileio.read_torch(unit / "resume.pt")
+    assert state["scaler"]["scale"] > 1024.0  # 65536, halved on a step whose fp16 gradients overflowed
+    state["scaler"]["scale"] = 1024.0  # as if it had overflowed and backed off
+    fileio.write_torch(unit / "resume.pt", state)
+    engine.train_net(_fp16(epochs=2), data, 1, "fold 0", unit, CPU)  # resumes after epoch 1
+    resumed = fileio.read_torch(unit / "resume.pt")
+    assert resumed["epoch"] == 2 and resumed["scaler"]["scale"] <= 1024.0
