@@ -25,23 +25,34 @@ CLI := $(PYTHON) -m digitrec
 # (--nnodes=2 --node-rank=0 --rdzv-endpoint=host:29500 ... for several machines)
 TRAIN_CLI := $(if $(NPROC),$(PYTHON) -m torch.distributed.run --nproc-per-node=$(NPROC) $(TORCHRUN_ARGS) -m digitrec,$(CLI))
 
-.PHONY: help setup train predict evaluate compare sweep bench test download submit scores kernel kernel-push kernel-output clean
+.PHONY: help setup lock train predict evaluate compare sweep bench test download submit scores kernel kernel-push kernel-output clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
 
-$(VENV)/.installed: $(ROOT)/pyproject.toml
+# the pinned versions the tests pass with; PIP_ARGS adds pip options, e.g. PyTorch's CPU-only index:
+# make setup PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu" (README, Install)
+$(VENV)/.installed: $(ROOT)/pyproject.toml $(ROOT)/constraints.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '$(ROOT)[dev]'
+	$(VENV)/bin/pip install --quiet -c $(ROOT)/constraints.txt $(PIP_ARGS) -e '$(ROOT)[dev]'
 	touch $@
 
-setup: $(SETUP)  ## create the virtual environment (done by every target on first use)
+setup: $(SETUP)  ## create the virtual environment with the pinned versions (done by every target on first use)
+
+lock:  ## renew constraints.txt: the newest releases pyproject.toml allows, in a fresh venv (then run make test)
+	rm -rf $(ROOT)/.venv-lock
+	python3 -m venv $(ROOT)/.venv-lock
+	$(ROOT)/.venv-lock/bin/pip install --quiet --upgrade pip
+	$(ROOT)/.venv-lock/bin/pip install --quiet $(PIP_ARGS) -e '$(ROOT)[dev]'
+	{ sed -n '1,2p' $(ROOT)/constraints.txt; $(ROOT)/.venv-lock/bin/pip freeze --exclude-editable; } > $(ROOT)/constraints.txt.new
+	mv $(ROOT)/constraints.txt.new $(ROOT)/constraints.txt
+	rm -rf $(ROOT)/.venv-lock
 
 train: $(SETUP)  ## train CONFIG over FOLDS stratified folds and write a submission (BS= ACCUM= EPOCHS= FOLD= SEED= DATA= NAME= LIMIT= REFIT= NPROC=)
 	$(TRAIN_CLI) train --config $(CONFIG) $(SETTINGS)
 
-predict: $(SETUP)  ## rebuild a run's submission from its saved weights (RUN=, default newest; TTA=1 or TTA=0)
+predict: $(SETUP)  ## predict again from a run's weights into RUN/predict-tta<0|1>/ and a submission of its own (RUN=, default newest; TTA=1 or TTA=0)
 	$(CLI) predict $(RUN_ARG) $(if $(filter 0 no false,$(TTA)),--no-tta,$(if $(TTA),--tta))
 
 evaluate: $(SETUP)  ## cost and accuracy of a run: evaluation.json, table, confusion and mistakes PNGs (RUN=)

@@ -46,7 +46,8 @@ def test_quick_bench_writes_json_and_records(demo_dir: Path, workdir: Path, monk
     assert "train, conventional per-sample path" in stdout and "no figures recorded" in stdout
 
     # the record holds this run's figures under its machine; against itself nothing is worse
-    recorded = json.loads((workdir / "bench.json").read_text())[out["machine"]]
+    recorded = json.loads((workdir / "bench.json").read_text())[bench.record_key(out)]
+    assert bench.record_key(out) == out["machine"] + " (quick)"  # apart from a full run's figures
     assert all(recorded[key] == out[key] for key in FIGURES)
     lines, worse = bench.compare(out, recorded)
     assert worse == [] and "nothing is worse" in lines[-1]
@@ -89,6 +90,14 @@ def test_compare_only_like_with_like() -> None:
     assert [w["key"] for w in worse] == ["train_img_per_s"]
     # the GEMM fell as much: the report says the machine itself is slower
     assert "GEMM reference is -50%" in lines[-1]
+
+
+def test_a_record_from_another_torch_is_named() -> None:
+    recorded = _record(train_img_per_s=1000.0, torch="2.15.0+cu132")
+    lines, worse = bench.compare({**recorded, "torch": "2.14.1+cu130"}, recorded)
+    assert worse == [] and lines[0].startswith("WARNING: recorded with torch 2.15.0+cu132, this run has torch 2.14.1+cu130")
+    lines, _ = bench.compare({**recorded, "torch": "2.15.0+cu132"}, recorded)
+    assert not any("WARNING" in line for line in lines)
 
 
 def test_record_keeps_other_machines(tmp_path: Path) -> None:

@@ -14,9 +14,11 @@ What is measured, each after a warm-up and as the median of several repeats:
   memory         peak RSS of `python -m digitrec train` (default settings; one epoch, one fold, 5000 rows)
 
 Settings: the config's keys (BS=, ACCUM=, DATA=, threads=, device=, compile=, ...; ACCUM defaults to 8
-here) and quick=1 (a few steps on small sizes, for tests), record=1 (store the figures as this
-machine's reference), results=PATH (the reference file, default benchmarks/results.json). Every run
-compares itself with the figures recorded for its machine and names what got worse.
+here) and quick=1 (fewer steps and rows: the sub-minute check before a commit to the engine,
+augmentation or data path, and the tests' smoke run), record=1 (store the figures as this machine's
+reference; a quick run's apart from the full one's), results=PATH (the reference file, default
+benchmarks/results.json). Every run compares itself with the figures recorded for its machine, names what
+got worse, and warns when the recorded figures came from another torch.
 """
 from __future__ import annotations
 
@@ -74,10 +76,13 @@ class Plan:
     # training rows for the memory run: the peak comes from parsing the CSVs, the data and the test
     # predictions, which every run has in full, not from how many steps it trains
     rss_limit: int
+    predict_rows: int | None  # test rows the prediction timings predict (None: all)
 
 
-FULL = Plan(train_steps=8, conventional_steps=4, repeats=3, gemm_n=4096, rss_limit=5000)
-QUICK = Plan(train_steps=1, conventional_steps=1, repeats=2, gemm_n=512, rss_limit=200)
+FULL = Plan(train_steps=8, conventional_steps=4, repeats=3, gemm_n=4096, rss_limit=5000, predict_rows=None)
+# the check a developer runs before committing a change to the engine, augmentation or data path: under a
+# minute on the 2-core CPU, compared with a quick run recorded on the same machine
+QUICK = Plan(train_steps=3, conventional_steps=1, repeats=3, gemm_n=1024, rss_limit=200, predict_rows=5000)
 
 
 # ---------------------------------------------------------------- timing helpers
@@ -229,7 +234,7 @@ def predict_timings(cfg: Config, test_images: torch.Tensor, device: torch.device
     for fold in range(cfg.folds):
         torch.manual_seed(fold)
         models.append(engine.build_net(cfg, device))
-    images = test_images.to(device)
+    images = test_images[:plan.predict_rows].to(device)
     # plain prediction: TTA (tta=true) multiplies this by its five views, and is a choice, not a cost
     per_fold = _median_seconds(lambda: engine.predict_proba(models[0], images, cfg, device, tta=False),
                                plan.repeats, device)
@@ -395,7 +400,7 @@ def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan) -> dict
         cfg, dataset.train_images, dataset.train_labels, device, plan, precision=compute)) if mixed else conventional
     per_fold, ensemble = stage("prediction", lambda: predict_timings(
         cfg, torch.from_numpy(dataset.test_images), device, plan))
-    test_rows = len(dataset.test_images)
+    test_rows = len(dataset.test_images[:plan.predict_rows])
 
     figures = {
         "train_img_per_s": ours, "conventional_img_per_s": conventional, "speedup": ours / conventional,
@@ -415,17 +420,26 @@ def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan) -> dict
             "quick": plan is QUICK, "demo": source.demo, "torch": torch.__version__}
 
 
+def record_key(result: dict) -> str:
+    """Where a run's figures are recorded: its machine, and apart from the full bench a quick one's."""
+    return result["machine"] + (" (quick)" if result["quick"] else "")
+
+
 def compare(result: dict, previous: dict | None) -> tuple[list[str], list[dict]]:
     """What to say about this run against the figures recorded for its machine, and what got worse."""
-    machine = result["machine"]
+    machine = record_key(result)
     if previous is None:
         return [f"no figures recorded for '{machine}' yet (record=1 stores these)"], []
     if not comparable(previous, result):
         return [f"the figures recorded for '{machine}' come from another kind of run "
                 f"(quick, demo data, BS, ACCUM, folds or model differ): not compared"], []
     worse = regressions(result, previous)
-    lines = [f"REGRESSION {w['key']}: {w['recorded']:.4g} -> {w['now']:.4g} ({w['change']:+.0%}), "
-             f"worse than recorded on {previous['recorded']}" for w in worse]
+    lines = []
+    if previous.get("torch") and previous["torch"] != result.get("torch"):
+        lines.append(f"WARNING: recorded with torch {previous['torch']}, this run has torch {result.get('torch')}: a "
+                     f"change may be torch's, not the code's (constraints.txt pins the version the tests pass with)")
+    lines += [f"REGRESSION {w['key']}: {w['recorded']:.4g} -> {w['now']:.4g} ({w['change']:+.0%}), "
+              f"worse than recorded on {previous['recorded']}" for w in worse]
     moved = result["gemm_gflop_s"] / previous["gemm_gflop_s"] - 1 if previous.get("gemm_gflop_s") else 0.0
     if worse and moved < -TOLERANCE:
         lines.append(f"note: the GEMM reference is {moved:+.0%} too: the machine is slower than when recorded (busy?)")
@@ -445,7 +459,7 @@ def command(args: argparse.Namespace) -> None:
     cfg = config_mod.load(args.config, ["accum=8", *overrides])
 
     result = run(cfg, overrides, args.config, QUICK if quick else FULL)
-    previous = read_results(results_path).get(result["machine"])
+    previous = read_results(results_path).get(record_key(result))
     lines, worse = compare(result, previous)
     baseline = previous if previous is not None and comparable(previous, result) else None
     print()
@@ -453,7 +467,7 @@ def command(args: argparse.Namespace) -> None:
     print(f"\nagainst {results_path}:")
     print("\n".join(lines))
     if keep:
-        record(results_path, result["machine"], result)
-        print(f"recorded as the reference for '{result['machine']}' in {results_path}")
+        record(results_path, record_key(result), result)
+        print(f"recorded as the reference for '{record_key(result)}' in {results_path}")
     result.update(baseline=baseline["recorded"] if baseline else None, regressions=[w["key"] for w in worse])
     print(json.dumps(result))

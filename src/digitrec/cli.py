@@ -1,4 +1,4 @@
-"""`python -m digitrec <command> [options] [KEY=VALUE ...]`: the only place errors become exit codes.
+"""`digitrec <command> [options] [KEY=VALUE ...]` (or `python -m digitrec`): the only place errors become exit codes.
 
 Settings are config keys or their short names (BS, ACCUM, EPOCHS, FOLDS, FOLD, SEED, DATA, NAME,
 LIMIT, MODEL), given as KEY=VALUE after the command; the Makefile passes its variables this way.
@@ -41,44 +41,63 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"submission: {result.submission}")
 
 
-# name -> (module, function, help). Each function takes the parsed args; modules are imported only
-# when their command runs (`import kaggle`, which authenticates, only inside kaggle_client's calls).
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("cli", "cmd_train", "train the config over stratified folds and write a submission"),
-    "predict": ("cli", "cmd_predict", "rebuild a run's submission from its saved weights"),
-    "evaluate": ("evaluation", "command", "accuracy, per-class errors and model cost of a run"),
-    "compare": ("evaluation", "compare_command", "McNemar's paired test of two runs' out-of-fold predictions (A= B=)"),
-    "sweep": ("studies", "command", "batch-size and accumulation studies (STUDY=batch|accum)"),
-    "bench": ("bench", "command", "training/inference/data throughput against the conventional path"),
-    "download": ("commands", "cmd_download", "download the competition data into input/"),
-    "submit": ("commands", "cmd_submit", "validate and upload a submission (DRY_RUN=1 to only show)"),
-    "scores": ("commands", "cmd_scores", "list this account's submissions and scores"),
-    "kernel": ("commands", "cmd_kernel", "build kernel/: a Kaggle kernel that runs this pipeline"),
-    "kernel-push": ("commands", "cmd_kernel_push", "push kernel/ to Kaggle"),
-    "kernel-output": ("commands", "cmd_kernel_output", "fetch the kernel's output (its submission)"),
+# name -> (module, function, help, the options it takes). Each function takes the parsed args; modules are
+# imported only when their command runs (`import kaggle`, which authenticates, only inside kaggle_client's calls).
+COMMANDS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "train": ("cli", "cmd_train", "train the config over stratified folds and write a submission",
+              ("config", "settings")),
+    "predict": ("cli", "cmd_predict", "predict again from a run's saved weights, into its own folder and submission",
+                ("run", "runs_dir", "tta")),
+    "evaluate": ("evaluation", "command", "accuracy, per-class errors and model cost of a run",
+                 ("run", "runs_dir", "settings")),
+    "compare": ("evaluation", "compare_command", "McNemar's paired test of two runs' out-of-fold predictions (A= B=)",
+                ("runs_dir", "settings")),
+    "sweep": ("studies", "command", "batch-size, accumulation and norm studies (STUDY=batch|accum|norm)",
+              ("config", "settings")),
+    "bench": ("bench", "command", "training/inference/data throughput against the conventional path",
+              ("config", "settings")),
+    "download": ("commands", "cmd_download", "download the competition data into input/", ()),
+    "submit": ("commands", "cmd_submit", "validate and upload a submission (DRY_RUN=1 to only show)",
+               ("config", "settings")),
+    "scores": ("commands", "cmd_scores", "list this account's submissions and scores", ("config",)),
+    "kernel": ("commands", "cmd_kernel", "build kernel/: a Kaggle kernel that runs this pipeline (ACCEL=)",
+               ("config", "settings")),
+    "kernel-push": ("commands", "cmd_kernel_push", "push kernel/ to Kaggle", ()),
+    "kernel-output": ("commands", "cmd_kernel_output", "fetch the kernel's output (its submission)", ()),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m digitrec", description=__doc__.splitlines()[0])
+def _add_option(parser: argparse.ArgumentParser, option: str) -> None:
+    if option == "config":
+        parser.add_argument("--config", default=str(in_project(DEFAULT_CONFIG)), help="YAML config (default: %(default)s)")
+    elif option == "run":
+        parser.add_argument("--run", default=None, help="a run folder or name under runs/ (default: the newest)")
+    elif option == "runs_dir":
+        parser.add_argument("--runs-dir", default="runs", help="where runs live, in the project (default: %(default)s)")
+    elif option == "tta":
+        parser.add_argument("--tta", default=None, action=argparse.BooleanOptionalAction,
+                            help="test-time augmentation (default: as the run was trained)")
+    elif option == "settings":
+        parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                            help="settings, e.g. BS=128 ACCUM=8 (train) or STUDY=batch (sweep)")
+
+
+def build_parser(prog: str = "python -m digitrec") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, _, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+    for name, (_, _, help_text, options) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-        p.add_argument("--config", default=str(in_project(DEFAULT_CONFIG)), help="YAML config (default: %(default)s)")
-        p.add_argument("--run", default=None, help="a run folder or name under runs/ (default: the newest)")
-        p.add_argument("--runs-dir", default="runs", help="where runs live, in the project (default: %(default)s)")
-        p.add_argument("--tta", default=None, action=argparse.BooleanOptionalAction,
-                       help="predict: test-time augmentation (default: as the run was trained)")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, e.g. BS=128 ACCUM=8 (train) or STUDY=batch (sweep)")
+        for option in options:
+            _add_option(p, option)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m digitrec") -> int:
+    args = build_parser(prog).parse_args(argv)
     logs.setup()
-    module, function, _ = COMMANDS[args.command]
+    module, function, _, _ = COMMANDS[args.command]
     try:
         getattr(importlib.import_module(f"digitrec.{module}"), function)(args)
     except UserError as e:
@@ -93,3 +112,8 @@ def main(argv: list[str] | None = None) -> int:
               "again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def entry_point() -> int:
+    """The `digitrec` console command that pyproject.toml declares."""
+    return main(prog="digitrec")
