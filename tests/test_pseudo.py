@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT
-from digitrec import config, engine, pipeline, pseudo
+from digitrec import config, engine, fileio, pipeline, pseudo
 from digitrec.metrics import mcnemar
 from digitrec.models import build_model
 
@@ -24,7 +24,7 @@ def student_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("pseudo")
     cfg = config.load(ROOT / "configs" / "default.yaml", {
         "data": str(demo_dir), "limit": 240, "folds": 3, "epochs": 2, "members": MEMBERS, "refit": True,
-        "pseudo_rounds": 1, "pseudo_agree": False, "tta": False, "progress": False, "threads": 1, "name": "pl",
+        "pseudo_rounds": 1, "pseudo_agree": False, "pseudo_epochs": 1, "tta": False, "progress": False, "threads": 1, "name": "pl",
         "runs_dir": str(work / "runs"), "submissions_dir": str(work / "submissions")})
     threads = torch.get_num_threads()
     try:
@@ -61,6 +61,9 @@ def test_no_student_learns_from_a_net_that_saw_its_held_out_rows(student_run) ->
     assert len(record) == 12 and record[-1]["net"] == "refit member 2 student 1" and record[-1]["teachers"] == 9
     assert result.metrics["students_vs_teachers"]["rows"] == 240
     assert [r["round"] for r in result.metrics["rounds"]] == [0, 1]
+    # the teachers' 2 epochs, the students' pseudo_epochs
+    assert len(fileio.read_json(run / "fold0" / "m0" / "history.json")) == 2
+    assert len(fileio.read_json(run / "pl1" / "fold0" / "m0" / "history.json")) == 1
 
 
 def test_bagged_oof_is_each_rows_average_of_out_of_fold_predictions(student_run) -> None:

@@ -65,6 +65,7 @@ class Config:
     pseudo_threshold: float = 0.0  # ... and whose averaged teacher probability of that label is at least this
     pseudo_soft: bool = False  # targets: the teachers' averaged probabilities (sharpened by temperature), not labels
     pseudo_temperature: float = 1.0  # soft targets are softmax(log p / T): T < 1 sharpens
+    pseudo_epochs: int | None = None  # a student's epochs (None: its member's); its epochs hold ~1.8x the rows
     # --- processes (distributed.py; started with torchrun / make train NPROC=2)
     parallel: str = "data"  # data: all ranks train each net (DDP) | folds: ranks take whole nets
     world_size: int = 1  # data-parallel processes; set from torchrun's WORLD_SIZE, recorded with the run
@@ -201,6 +202,7 @@ def validate(cfg: Config) -> Config:
     need(cfg.world_size >= 1, f"world_size must be >= 1, got {cfg.world_size}")
     need(0 <= cfg.pseudo_rounds <= 5, f"pseudo_rounds must be in 0..5, got {cfg.pseudo_rounds}")
     need(0 <= cfg.pseudo_threshold < 1, f"pseudo_threshold must be in [0, 1), got {cfg.pseudo_threshold}")
+    need(cfg.pseudo_epochs is None or cfg.pseudo_epochs >= 1, f"pseudo_epochs must be >= 1, got {cfg.pseudo_epochs}")
     need(cfg.pseudo_temperature > 0, f"pseudo_temperature must be > 0, got {cfg.pseudo_temperature}")
     need(cfg.fold_seed is None or 0 <= cfg.fold_seed < 2**32, f"fold_seed must be in 0..2**32-1, got {cfg.fold_seed}")
     need(cfg.timeout_minutes > 0, f"timeout_minutes must be > 0, got {cfg.timeout_minutes}")

@@ -138,6 +138,13 @@ class Unit:
     def dir(self, run_dir: Path) -> Path:
         return runs.unit_dir(run_dir, self.fold, self.member, self.round)
 
+    def config(self, members: list[Config], cfg: Config) -> Config:
+        """The settings this net trains with: its member's, a student's epochs pseudo_epochs when set."""
+        member = members[self.member]
+        if self.round and cfg.pseudo_epochs is not None:
+            return dataclasses.replace(member, epochs=cfg.pseudo_epochs)
+        return member
+
     def is_done(self, run_dir: Path) -> bool:
         return (self.dir(run_dir) / "done.json").is_file()
 
@@ -273,7 +280,7 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
             log.info(f"{label}: already finished, skipped")
             continue
         started = time.perf_counter()
-        member = members[unit.member]
+        member = unit.config(members, cfg)
         data = _fold_data(tensors, split.member_fold_of[unit.member], unit.fold)
         if unit.round:
             selection = _student_selection(unit, units, split, run_dir, cfg, ranks, by_folds)
@@ -459,7 +466,7 @@ def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) ->
         for unit in units_to_train(cfg, folds=list(range(cfg.folds)), refit=True):  # every net that may exist
             if not unit.is_done(run_dir):
                 continue
-            member, label = members[unit.member], unit.label(len(members))
+            member, label = unit.config(members, cfg), unit.label(len(members))
             data = _fold_data(tensors, saved.split.member_fold_of[unit.member], unit.fold)
             engine.predict_net(engine.load_net(unit.dir(run_dir), member, device), data, member, device,
                                unit.dir(out), label)
