@@ -75,3 +75,21 @@ def workdir(tmp_path: Path) -> Path:
     work = tmp_path / "work"
     work.mkdir()
     return work
+
+
+def train_small_run(demo_dir: Path, work: Path, name: str, **settings) -> tuple:
+    """A small run of configs/default.yaml on the demo set, trained in this process with one thread, its
+    runs/ and submissions/ in `work`: (its config, pipeline.train's result). torch's thread count is put
+    back after, since later tests compare float sums made with the default."""
+    import torch
+
+    from digitrec import config, pipeline
+
+    cfg = config.load(ROOT / "configs" / "default.yaml", {
+        "data": str(demo_dir), "progress": False, "threads": 1, "name": name, "runs_dir": str(work / "runs"),
+        "submissions_dir": str(work / "submissions"), **settings})
+    threads = torch.get_num_threads()
+    try:
+        return cfg, pipeline.train(cfg)
+    finally:
+        torch.set_num_threads(threads)

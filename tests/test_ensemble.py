@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, train_small_run
 from digitrec import config, fileio, pipeline
 from digitrec.errors import UserError
 from digitrec.submission import read_submission
@@ -18,16 +18,8 @@ MEMBERS = "[{model: gn_cnn, width: 8}, {model: gn_m5, width: 8, dropout: 0.1}, {
 
 @pytest.fixture(scope="module")
 def ensemble_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    work = tmp_path_factory.mktemp("ensemble")
-    cfg = config.load(ROOT / "configs" / "default.yaml", {
-        "data": str(demo_dir), "limit": 240, "folds": 3, "epochs": 1, "members": MEMBERS, "refit": True,
-        "tta": False, "progress": False, "threads": 1, "name": "ens",
-        "runs_dir": str(work / "runs"), "submissions_dir": str(work / "submissions")})
-    threads = torch.get_num_threads()
-    try:
-        yield cfg, pipeline.train(cfg)
-    finally:  # threads=1 is process-wide; later tests compare float sums made with the default
-        torch.set_num_threads(threads)
+    return train_small_run(demo_dir, tmp_path_factory.mktemp("ensemble"), "ens", limit=240, folds=3, epochs=1,
+                           members=MEMBERS, refit=True, tta=False)
 
 
 def test_ensemble_oof_is_the_members_per_row_average(ensemble_run) -> None:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import ROOT, clean_env, run_cli
+from conftest import ROOT, clean_env, run_cli, train_small_run
 from digitrec import commands, config, pipeline, runs
 from digitrec.errors import UserError
 from digitrec.submission import check_submission, read_submission
@@ -31,15 +30,7 @@ def _hashes(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("predict")
-    cfg = config.load(ROOT / "configs" / "default.yaml", {
-        "data": str(demo_dir), "limit": 120, "folds": 2, "epochs": 1, "width": 8, "tta": True,
-        "progress": False, "threads": 1, "name": "p", "runs_dir": str(work / "runs"),
-        "submissions_dir": str(work / "submissions")})
-    threads = torch.get_num_threads()
-    try:
-        yield work, cfg, pipeline.train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    return (work, *train_small_run(demo_dir, work, "p", limit=120, folds=2, epochs=1, width=8, tta=True))
 
 
 def test_predict_with_another_tta_leaves_training_outputs_alone(trained, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT
+from conftest import train_small_run
 from digitrec import config, engine, fileio, pipeline, pseudo
 from digitrec.metrics import mcnemar
 from digitrec.models import build_model
@@ -21,16 +21,9 @@ MEMBERS = "[{width: 8}, {width: 8, fold_seed: 5}, {width: 8, rotate: 0}]"
 
 @pytest.fixture(scope="module")
 def student_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    work = tmp_path_factory.mktemp("pseudo")
-    cfg = config.load(ROOT / "configs" / "default.yaml", {
-        "data": str(demo_dir), "limit": 240, "folds": 3, "epochs": 2, "members": MEMBERS, "refit": True,
-        "pseudo_rounds": 1, "pseudo_agree": False, "pseudo_epochs": 1, "tta": False, "progress": False, "threads": 1, "name": "pl",
-        "runs_dir": str(work / "runs"), "submissions_dir": str(work / "submissions")})
-    threads = torch.get_num_threads()
-    try:
-        yield cfg, pipeline.train(cfg)
-    finally:  # threads=1 is process-wide; later tests compare float sums made with the default
-        torch.set_num_threads(threads)
+    return train_small_run(demo_dir, tmp_path_factory.mktemp("pseudo"), "pl", limit=240, folds=3, epochs=2,
+                           members=MEMBERS, refit=True, pseudo_rounds=1, pseudo_agree=False, pseudo_epochs=1,
+                           tta=False)
 
 
 def test_no_student_learns_from_a_net_that_saw_its_held_out_rows(student_run) -> None:
