@@ -62,7 +62,7 @@ def random_affine(images: torch.Tensor, rotate_deg: float, scale: float, shift: 
 
 def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
     """Flip-free test-time augmentation, nine views: the image, four one-pixel shifts, +-5 degrees and
-    +-5% zoom (mild versions of the training augmentation; README "Results" has what they measured)."""
+    +-5% zoom (mild versions of the training augmentation; docs/results.md has what they measured)."""
     views = [images]
     for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
         views.append(torch.roll(images, shifts=(dy, dx), dims=(2, 3)))
