@@ -37,7 +37,7 @@ ACCELERATORS = {
     "NvidiaTeslaA100": "an A100 (sm_80, bf16)",
     "NvidiaH100": "an H100 (sm_90, bf16)",
     "NvidiaRtxPro6000": "an RTX Pro 6000 (sm_120, bf16)",
-    "cpu": "no accelerator (Kaggle's CPU machine; about 80 min for the default config at the AVX2 rate)",
+    "cpu": "no accelerator: Kaggle's CPU machine",
 }
 REFUSED = {
     "NvidiaTeslaP100": "Kaggle retired it, and today's Kaggle image ships a cu128 torch without sm_60 code, so the "
