@@ -54,7 +54,7 @@ def launched() -> Ranks:
 
 def device_for(name: str, ranks: Ranks) -> str:
     """Each process on a multi-GPU machine takes the GPU of its LOCAL_RANK."""
-    if ranks.world > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
+    if ranks.world > 1 and name == "cuda" and torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     return name
 

@@ -228,8 +228,10 @@ def train(cfg: Config) -> RunResult:
     ranks = distributed.launched()
     # the processes that share each net's batch, recorded in config.yaml: the LR rule and the resume check see it
     cfg = dataclasses.replace(cfg, world_size=ranks.world if cfg.parallel == "data" else 1)
+    # device=auto is decided once (a GPU this torch cannot run on means the CPU), then each rank takes its GPU;
     # settings, then data, are checked before anything is written
-    device = engine.preflight(cfg, distributed.device_for(cfg.device, ranks))
+    kind = engine.select_device("auto").type if cfg.device == "auto" else cfg.device
+    device = engine.preflight(cfg, distributed.device_for(kind, ranks))
     cfg = dataclasses.replace(cfg, precision=engine.precision(device, cfg.amp))  # recorded in config.yaml
     ranks = distributed.start(device, cfg.timeout_minutes)
     try:
