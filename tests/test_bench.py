@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import ROOT
 from digitrec import bench, cli, settings
@@ -115,3 +116,15 @@ def test_settings_split_between_bench_and_config() -> None:
     ours = settings.take(bench.BenchSettings, items)
     assert ours == bench.BenchSettings(quick=True, record=True, results="x.json")
     assert items == {"bs": "64", "threads": "2"}  # the config's, handed on
+
+
+def test_one_cpu_model_with_and_without_bf16_is_two_machines(monkeypatch) -> None:
+    # "AMD EPYC" comes both with AVX512-BF16 and AVX2 only; their figures must not be compared with each other
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(bench, "cpu_name", lambda: "AMD EPYC")
+    monkeypatch.setattr(bench.engine, "native_bf16", lambda device: True)
+    with_bf16 = bench.machine_id(cpu, 2)
+    monkeypatch.setattr(bench.engine, "native_bf16", lambda device: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert (with_bf16, bench.machine_id(cpu, 2)) == ("cpu: AMD EPYC (AVX512-BF16), 2 threads",
+                                                    "cpu: AMD EPYC (AVX2), 2 threads")

@@ -108,10 +108,13 @@ def _median_seconds(run: Callable[[], object], repeats: int, device: torch.devic
 
 
 def machine_id(device: torch.device, threads: int) -> str:
-    """The key results are recorded under: the GPU's name, or the CPU model and the thread count."""
+    """The key results are recorded under: the GPU's name, or the CPU model, its vector unit and the thread
+    count. The vector unit is part of it because one model name ("AMD EPYC") comes both with AVX512-BF16,
+    where training runs in bf16, and AVX2 only, where it runs in fp32 at about a third of the speed."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {cpu_name()}, {threads} threads"
+    vector_unit = "AVX512-BF16" if engine.native_bf16(device) else torch.backends.cpu.get_cpu_capability()
+    return f"cpu: {cpu_name()} ({vector_unit}), {threads} threads"
 
 
 # ---------------------------------------------------------------- training throughput
