@@ -30,10 +30,20 @@ TRAIN_CLI := $(if $(NPROC),$(PYTHON) -m torch.distributed.run --nproc-per-node=$
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
 
+# the Python the venv is made from (make setup BASE_PYTHON=python3.12 picks another); the pins in constraints.txt
+# (numpy, scipy, pandas, ...) need 3.11 or newer, so an older one stops here in one line, before pip resolves
+BASE_PYTHON ?= python3
+MIN_PYTHON := 3.11
+CHECK_PYTHON = version=$$($(BASE_PYTHON) -c 'import sys; print(*sys.version_info[:2], sep=".")' 2>/dev/null); \
+	printf '$(MIN_PYTHON)\n%s\n' "$$version" | sort -V -C || { echo "error: $(BASE_PYTHON) is Python \
+	$${version:-(not found)}; digitrec needs Python >= $(MIN_PYTHON): install one and run make setup \
+	BASE_PYTHON=python$(MIN_PYTHON)" >&2; exit 2; }
+
 # the pinned versions the tests pass with; PIP_ARGS adds pip options, e.g. PyTorch's CPU-only index:
 # make setup PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu" (README, Install)
 $(VENV)/.installed: $(ROOT)/pyproject.toml $(ROOT)/constraints.txt
-	python3 -m venv $(VENV)
+	@$(CHECK_PYTHON)
+	$(BASE_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -c $(ROOT)/constraints.txt $(PIP_ARGS) -e '$(ROOT)[dev]'
 	touch $@
@@ -41,8 +51,9 @@ $(VENV)/.installed: $(ROOT)/pyproject.toml $(ROOT)/constraints.txt
 setup: $(SETUP)  ## create the virtual environment with the pinned versions (done by every target on first use)
 
 lock:  ## renew constraints.txt: the newest releases pyproject.toml allows, in a fresh venv (then run make test)
+	@$(CHECK_PYTHON)
 	rm -rf $(ROOT)/.venv-lock
-	python3 -m venv $(ROOT)/.venv-lock
+	$(BASE_PYTHON) -m venv $(ROOT)/.venv-lock
 	$(ROOT)/.venv-lock/bin/pip install --quiet --upgrade pip
 	$(ROOT)/.venv-lock/bin/pip install --quiet $(PIP_ARGS) -e '$(ROOT)[dev]'
 	{ sed -n '1,2p' $(ROOT)/constraints.txt; $(ROOT)/.venv-lock/bin/pip freeze --exclude-editable; } > $(ROOT)/constraints.txt.new
@@ -53,7 +64,7 @@ train: $(SETUP)  ## train CONFIG over FOLDS stratified folds and write a submiss
 	$(TRAIN_CLI) train --config $(CONFIG) $(SETTINGS)
 
 predict: $(SETUP)  ## predict again from a run's weights into RUN/predict-tta<0|1>/ and a submission of its own (RUN=, default newest; TTA=1 or TTA=0)
-	$(CLI) predict $(RUN_ARG) $(if $(filter 0 no false,$(TTA)),--no-tta,$(if $(TTA),--tta))
+	$(CLI) predict $(strip $(RUN_ARG) $(if $(TTA),tta=$(TTA)))
 
 evaluate: $(SETUP)  ## cost and accuracy of a run: evaluation.json, table, confusion and mistakes PNGs (RUN=)
 	$(CLI) evaluate $(RUN_ARG) $(ARGS)

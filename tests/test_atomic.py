@@ -110,3 +110,11 @@ def test_every_write_goes_through_fileio() -> None:
             if not any(module.name == name and snippet in code for name, snippet in ALLOWED):
                 offenders.append(f"{module.name}:{number}: {line.strip()}")
     assert not offenders, "writes that bypass fileio (not atomic):\n" + "\n".join(offenders)
+
+
+def test_the_architecture_page_names_every_write_that_bypasses_fileio() -> None:
+    page = (SRC.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rule = page[page.index("Files are written in one place"):].split("\n- ", 1)[0]
+    words = ["One", "Two", "Three", "Four", "Five", "Six"]
+    assert f"{words[len(ALLOWED) - 1]} writes bypass it" in rule
+    assert all(f"`{module}`" in rule for module, _ in ALLOWED), rule

@@ -19,7 +19,7 @@ FIGURES = ("train_img_per_s", "conventional_img_per_s", "speedup", "flop_limit_f
 
 def _record(**figures: float) -> dict:
     base = {"machine": "cpu: test, 2 threads", "quick": False, "demo": False, "batch_size": 128, "accum": 8,
-            "folds": 5, "model": "gn_cnn", "gemm_gflop_s": 100.0, "recorded": "2026-01-01 00:00:00"}
+            "folds": 5, "model": "gn_cnn", "precision": "bf16", "gemm_gflop_s": 100.0, "recorded": "2026-01-01 00:00:00"}
     return {**base, **figures}
 
 
@@ -87,6 +87,9 @@ def test_compare_only_like_with_like() -> None:
     for kind in ({"quick": True}, {"demo": True}, {"accum": 1}, {"batch_size": 64}, {"folds": 3}):
         lines, worse = bench.compare({**now, **kind}, recorded)
         assert worse == [] and "not compared" in lines[0], kind
+    # amp=false on a bf16 machine: fp32 figures are not regressions of the bf16 reference
+    lines, worse = bench.compare({**now, "precision": "fp32"}, recorded)
+    assert worse == [] and "(precision bf16 -> fp32): not compared" in lines[0]
     lines, worse = bench.compare(now, recorded)
     assert [w["key"] for w in worse] == ["train_img_per_s"]
     # the GEMM fell as much: the report says the machine itself is slower

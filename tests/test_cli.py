@@ -21,7 +21,7 @@ def test_the_console_command_runs_help() -> None:
 
 @pytest.mark.parametrize("command, has, lacks", [
     ("train", ["--config", "KEY=VALUE"], ["--run", "--tta"]),
-    ("predict", ["--run", "--runs-dir", "--tta"], ["--config", "KEY=VALUE"]),
+    ("predict", ["--run", "--runs-dir", "--tta", "KEY=VALUE", "TTA=0"], ["--config"]),
     ("compare", ["--runs-dir", "KEY=VALUE"], ["--config", "--tta", "--run "]),
     ("download", ["--debug"], ["--config", "--run", "--tta", "KEY=VALUE"]),
     ("scores", ["--config"], ["--run", "KEY=VALUE"]),

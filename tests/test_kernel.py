@@ -80,8 +80,10 @@ def test_the_kernel_script_trains_in_a_simulated_kernel(demo_dir: Path, tmp_path
         shutil.copy(demo_dir / name, inputs / "mnist-copy" / name)
     tiny = config.load(None, {"epochs": 1, "folds": 2, "limit": 200, "batch_size": 64, "progress": False})
     built = kernel.build(tmp_path / "kernel", tiny, "someone/digitrec", nproc=nproc)
+    scratch = tmp_path / "tmp"  # where the script's mkdtemp scratch folders go
+    scratch.mkdir()
     env = clean_env(tmp_path, KAGGLE_KERNEL_RUN_TYPE="Batch", DIGITREC_KAGGLE_INPUT=str(inputs),
-                    DIGITREC_KAGGLE_WORKING=str(working))
+                    DIGITREC_KAGGLE_WORKING=str(working), TMPDIR=str(scratch))
     env.pop("PYTHONPATH")
     done = subprocess.run([sys.executable, str(built / kernel.SCRIPT)], cwd=working, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -100,3 +102,5 @@ def test_the_kernel_script_trains_in_a_simulated_kernel(demo_dir: Path, tmp_path
     assert (run / "metrics.json").is_file()
     assert sorted(p.name for p in working.iterdir()) == ["runs", "submission.csv", "submissions"]
     assert not (tmp_path / "input").exists()  # the data cache went to the script's scratch folder
+    # one cache for every rank: the first process's scratch, so rank 1 reads what rank 0 parsed
+    assert len([p for p in scratch.iterdir() if (p / "input" / ".cache").is_dir()]) == 1

@@ -105,3 +105,45 @@ def test_a_resumed_net_restores_the_loss_scale(demo_dir: Path, tmp_path: Path) -
     engine.train_net(_fp16(epochs=2), data, 1, "fold 0", unit, CPU)  # resumes after epoch 1
     resumed = fileio.read_torch(unit / "resume.pt")
     assert resumed["epoch"] == 2 and resumed["scaler"]["scale"] <= 1024.0
+
+
+class _ScaledLinear(torch.nn.Module):
+    """One linear layer whose logits are multiplied by `gain` in the autocast dtype, so the gradients that
+    reach its weights are `gain` times the loss's: with gain 1e-7 they are ~1e-9 in fp16, below its smallest
+    subnormal (6e-8), unless the loss is scaled up first; with gain 1e4 the scaled ones overflow fp16."""
+
+    def __init__(self, gain: float):
+        super().__init__()
+        self.linear, self.gain = torch.nn.Linear(784, 10), gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)) * self.gain
+
+
+def _fp16_step(gain: float) -> tuple[torch.nn.Module, list[torch.Tensor], torch.amp.GradScaler]:
+    """One engine.train_step in fp16 with a GradScaler, on the CPU; weight decay 0, so only gradients move
+    the weights. Returns the model, its weights before, and the scaler."""
+    cfg = _fp16(label_smoothing=0.0)
+    torch.manual_seed(0)
+    model = _ScaledLinear(gain)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    scaler = torch.amp.GradScaler("cpu")
+    images = torch.randint(0, 255, (16, 28, 28), dtype=torch.uint8)
+    data = engine.FoldData(images, torch.arange(16) % 10, torch.arange(16), torch.arange(0), images[:0])
+    before = [p.detach().clone() for p in model.parameters()]
+    engine.train_step(model, optimizer, torch.arange(16), data, cfg, CPU, augment=False, scaler=scaler)
+    return model, before, scaler
+
+
+def test_fp16_gradients_that_would_underflow_still_move_the_weights() -> None:
+    """Without the GradScaler these gradients are exactly zero in fp16, and Adam would not move a weight."""
+    model, before, scaler = _fp16_step(gain=1e-7)
+    after = list(model.parameters())
+    assert not torch.equal(before[0], after[0]) and all(torch.isfinite(p).all() for p in after)
+    assert scaler.get_scale() == 65536.0  # no overflow: the scale stays
+
+
+def test_an_overflowing_fp16_step_is_skipped_and_the_scale_cut() -> None:
+    model, before, scaler = _fp16_step(gain=1e4)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the step was skipped
+    assert scaler.get_scale() == 32768.0  # and the loss scale halved

@@ -29,7 +29,7 @@ def student_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_no_student_learns_from_a_net_that_saw_its_held_out_rows(student_run) -> None:
     cfg, result = student_run
     run = result.run_dir
-    split = pipeline.read_split(run)
+    split = pipeline.read_split(run, members=3)
     assert not np.array_equal(split.member_fold_of[0], split.member_fold_of[1])  # member 1 is bagged
     np.testing.assert_array_equal(split.member_fold_of[0], split.member_fold_of[2])
     students = 0
@@ -62,7 +62,7 @@ def test_no_student_learns_from_a_net_that_saw_its_held_out_rows(student_run) ->
 def test_bagged_oof_is_each_rows_average_of_out_of_fold_predictions(student_run) -> None:
     cfg, result = student_run
     run = result.run_dir
-    split = pipeline.read_split(run)
+    split = pipeline.read_split(run, members=3)
     member_oof = np.load(run / "member_oof_probs.npy")
     assert member_oof.shape == (3, 240, 10) and np.isfinite(member_oof).all()
     for j in range(3):
@@ -70,6 +70,12 @@ def test_bagged_oof_is_each_rows_average_of_out_of_fold_predictions(student_run)
             np.testing.assert_array_equal(member_oof[j][split.member_fold_of[j] == k],
                                           np.load(run / "pl1" / f"fold{k}" / f"m{j}" / "val_probs.npy"))
     np.testing.assert_allclose(np.load(run / "oof_probs.npy"), member_oof.mean(0), rtol=0, atol=1e-7)
+    labels = pipeline.open_run(run).labels
+    for j in range(3):  # each net's own accuracy on the rows it held out (member 1's folds are not the run's)
+        for k in range(3):
+            held_out = split.member_fold_of[j] == k
+            net = np.load(run / "pl1" / f"fold{k}" / f"m{j}" / "val_probs.npy")
+            assert result.metrics["net_accuracy"][j][str(k)] == float((net.argmax(1) == labels[held_out]).mean())
     test = np.load(run / "test_probs.npy")
     np.testing.assert_array_equal(test, np.stack([np.load(run / "pl1" / "refit" / f"m{j}" / "test_probs.npy")
                                                   for j in range(3)]))

@@ -291,10 +291,19 @@ def read_results(path: Path) -> dict:
     return fileio.read_json(path) if path.is_file() else {}
 
 
+# what makes two bench runs the same kind of run: the sizes, the model, and the precision it computed in
+# (amp=false on a bf16 machine is fp32, about a third of the speed, not a regression)
+LIKE_WITH_LIKE = ("quick", "demo", "batch_size", "accum", "folds", "model", "precision")
+
+
+def differences(recorded: dict, current: dict) -> list[str]:
+    """The LIKE_WITH_LIKE settings in which two runs differ, as 'key recorded -> now'."""
+    return [f"{k} {recorded.get(k)} -> {current.get(k)}" for k in LIKE_WITH_LIKE if recorded.get(k) != current.get(k)]
+
+
 def comparable(recorded: dict | None, current: dict) -> bool:
     """Recorded figures are compared only when they came from the same kind of run."""
-    return bool(recorded) and all(recorded.get(k) == current.get(k)
-                                  for k in ("quick", "demo", "batch_size", "accum", "folds", "model"))
+    return bool(recorded) and not differences(recorded, current)
 
 
 def regressions(current: dict, recorded: dict, tolerance: float = TOLERANCE) -> list[dict]:
@@ -436,7 +445,7 @@ def compare(result: dict, previous: dict | None) -> tuple[list[str], list[dict]]
         return [f"no figures recorded for '{machine}' yet (record=1 stores these)"], []
     if not comparable(previous, result):
         return [f"the figures recorded for '{machine}' come from another kind of run "
-                f"(quick, demo data, BS, ACCUM, folds or model differ): not compared"], []
+                f"({', '.join(differences(previous, result))}): not compared"], []
     worse = regressions(result, previous)
     lines = []
     if previous.get("torch") and previous["torch"] != result.get("torch"):

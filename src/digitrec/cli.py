@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from dataclasses import dataclass
 
-from . import logs
+from . import logs, settings
 from .competition import in_project
 from .errors import UserError
 
@@ -34,11 +35,36 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"submission: {result.submission}")
 
 
+@dataclass
+class PredictSettings:
+    tta: bool | None = None  # TTA=1/0 (on/off, true/false, ...), the same as --tta / --no-tta
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from . import pipeline
 
-    result = pipeline.predict(args.run, args.runs_dir, tta=args.tta)
+    items = settings.parse_items(args.overrides)
+    tta = settings.take(PredictSettings, items).tta
+    if items:
+        raise UserError(f"predict takes RUN=<run> and TTA=1|0, not {' '.join(f'{k}={v}' for k, v in items.items())}")
+    if tta is not None and args.tta is not None and tta != args.tta:
+        raise UserError(f"TTA={int(tta)} and --{'' if args.tta else 'no-'}tta disagree; give one of them")
+    result = pipeline.predict(args.run, args.runs_dir, tta=args.tta if tta is None else tta)
     print(f"submission: {result.submission}")
+
+
+def _take_run(args: argparse.Namespace) -> None:
+    """RUN=<run> among a command's KEY=VALUE settings is its --run <run>, the form the README and Make use."""
+    rest = []
+    for item in args.overrides:
+        key, has_value, value = item.partition("=")
+        if has_value and settings.normalize(key) == "run":
+            if args.run is not None and args.run != value:
+                raise UserError(f"RUN={value} and --run {args.run} disagree; give one of them")
+            args.run = value
+        else:
+            rest.append(item)
+    args.overrides = rest
 
 
 # name -> (module, function, help, the options it takes). Each function takes the parsed args; modules are
@@ -47,7 +73,7 @@ COMMANDS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "train": ("cli", "cmd_train", "train the config over stratified folds and write a submission",
               ("config", "settings")),
     "predict": ("cli", "cmd_predict", "predict again from a run's saved weights, into its own folder and submission",
-                ("run", "runs_dir", "tta")),
+                ("run", "runs_dir", "tta", "settings")),
     "evaluate": ("evaluation", "command", "accuracy, per-class errors and model cost of a run",
                  ("run", "runs_dir", "settings")),
     "compare": ("evaluation", "compare_command", "McNemar's paired test of two runs' out-of-fold predictions (A= B=)",
@@ -71,7 +97,8 @@ def _add_option(parser: argparse.ArgumentParser, option: str) -> None:
     if option == "config":
         parser.add_argument("--config", default=str(in_project(DEFAULT_CONFIG)), help="YAML config (default: %(default)s)")
     elif option == "run":
-        parser.add_argument("--run", default=None, help="a run folder or name under runs/ (default: the newest)")
+        parser.add_argument("--run", default=None, help="a run folder or name under runs/, or RUN=... among the "
+                            "settings (default: the newest run)")
     elif option == "runs_dir":
         parser.add_argument("--runs-dir", default="runs", help="where runs live, in the project (default: %(default)s)")
     elif option == "tta":
@@ -79,7 +106,7 @@ def _add_option(parser: argparse.ArgumentParser, option: str) -> None:
                             help="test-time augmentation (default: as the run was trained)")
     elif option == "settings":
         parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                            help="settings, e.g. BS=128 ACCUM=8 (train) or STUDY=batch (sweep)")
+                            help="settings, e.g. BS=128 ACCUM=8 (train), STUDY=batch (sweep) or RUN=... TTA=0 (predict)")
 
 
 def build_parser(prog: str = "python -m digitrec") -> argparse.ArgumentParser:
@@ -97,8 +124,10 @@ def build_parser(prog: str = "python -m digitrec") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "python -m digitrec") -> int:
     args = build_parser(prog).parse_args(argv)
     logs.setup()
-    module, function, _, _ = COMMANDS[args.command]
+    module, function, _, options = COMMANDS[args.command]
     try:
+        if "run" in options and "settings" in options:
+            _take_run(args)
         getattr(importlib.import_module(f"digitrec.{module}"), function)(args)
     except UserError as e:
         if args.debug:

@@ -170,8 +170,8 @@ def _describe_submission(path: Path) -> str:
     parts = [f"run {Path(side['run']).name}"]
     if side.get("prediction"):
         parts.append(f"re-predicted in {Path(side['prediction']).name}")
-    if "tta" in side:
-        parts.append(f"TTA {'on' if side['tta'] else 'off'}")
+    if "tta" in side:  # None: the members predict some with TTA, some without
+        parts.append("TTA as each member sets it" if side["tta"] is None else f"TTA {'on' if side['tta'] else 'off'}")
     if isinstance(side.get("oof_accuracy"), (int, float)):
         parts.append(f"OOF {side['oof_accuracy']:.4%}")
     if side.get("submission_from"):

@@ -238,6 +238,18 @@ def member_configs(cfg: Config) -> list[Config]:
             for j, overrides in enumerate(cfg.members)]
 
 
+def nets_tta(cfg: Config) -> bool | None:
+    """Whether the run's nets predict with TTA: every member's `tta` alike, else None (they differ)."""
+    choices = {member.tta for member in member_configs(cfg)}
+    return choices.pop() if len(choices) == 1 else None
+
+
+def with_tta(cfg: Config, tta: bool) -> Config:
+    """cfg with every net predicting with (or without) TTA, the members' own `tta` included."""
+    members = [{k: v for k, v in m.items() if k != "tta"} for m in cfg.members] if cfg.members else cfg.members
+    return dataclasses.replace(cfg, tta=tta, members=members)
+
+
 def apply(values: dict[str, Any], cfg: Config, source: str) -> Config:
     updates = {}
     for raw, value in values.items():

@@ -53,22 +53,23 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
 # ---------------------------------------------------------------- a run
 
 
-def evaluate_run(run_dir: Path, settings: CostSettings) -> dict:
-    """evaluation.json, evaluation.md, confusion.png and mistakes.png in run_dir; returns the JSON."""
-    if not runs.is_complete(run_dir):
-        raise UserError(f"{run_dir}: the run is not finished (no metrics.json); rerun its `make train` to complete it")
+def evaluate_run(folder: Path, settings: CostSettings) -> dict:
+    """evaluation.json, evaluation.md, confusion.png and mistakes.png in `folder`, a run or a `make predict`
+    folder inside one (its predictions, the run's nets); returns the JSON."""
+    _need_finished(folder)
+    run_dir = runs.run_of(folder)
     saved = pipeline.open_run(run_dir, {"device": settings.device} if settings.device else None)
     cfg, record, dataset, rows = saved.cfg, saved.record, saved.dataset, saved.rows
-    metrics = fileio.read_json(run_dir / "metrics.json")
+    metrics = fileio.read_json(folder / "metrics.json")
     done = metrics["folds_done"]
     device = engine.select_device(cfg.device)
 
     weights = runs.unit_dir(run_dir, done[0], 0) / "weights.pt"
     model = load_fold_model(run_dir, cfg, done[0], device)
     cost = model_cost(model, device, settings.latency_batches, settings, cfg)
-    cost["submission"] = ensemble_cost(run_dir, cfg, device)
+    cost["submission"] = ensemble_cost(folder, cfg, device)
     accuracy = metrics["oof"]
-    result = {"run": str(run_dir), "model": cfg.model, "data": record["source"], "demo_data": record["demo"],
+    result = {"run": str(folder), "model": cfg.model, "data": record["source"], "demo_data": record["demo"],
               "folds_done": done, "folds_total": cfg.folds, "size_bytes": weights.stat().st_size, **cost,
               "accuracy": accuracy["accuracy"], "log_loss": accuracy["log_loss"], "oof_rows": accuracy["rows"],
               "per_class": accuracy["per_class"], "confusion": accuracy["confusion"]}
@@ -77,11 +78,11 @@ def evaluate_run(run_dir: Path, settings: CostSettings) -> dict:
     result["summary"] = {"size": human(result["size_bytes"], "B"), "params": result["params"],
                          "flops": result["flops_per_image"], "latency": human(first["latency_s"], "s"),
                          "accuracy": f"{result['accuracy']:.1%}", "CO2eq": human(first["co2eq_g"], "gCO2eq")}
-    fileio.write_json(run_dir / "evaluation.json", result)
+    fileio.write_json(folder / "evaluation.json", result)
 
-    title = f"{run_dir.name}: OOF accuracy {result['accuracy']:.2%} over {result['oof_rows']} rows"
-    plots.confusion_png(accuracy["confusion"], run_dir / "confusion.png", title)
-    oof = np.load(run_dir / "oof_probs.npy")
+    title = f"{_name(folder)}: OOF accuracy {result['accuracy']:.2%} over {result['oof_rows']} rows"
+    plots.confusion_png(accuracy["confusion"], folder / "confusion.png", title)
+    oof = np.load(folder / "oof_probs.npy")
     covered = np.flatnonzero(np.isfinite(oof).all(1))  # the rows of finished folds
     labels = dataset.train_labels[rows][covered]
     probs = oof[covered]
@@ -89,10 +90,10 @@ def evaluate_run(run_dir: Path, settings: CostSettings) -> dict:
     wrong = np.flatnonzero(predicted != labels)
     worst = wrong[np.argsort(-confidence[wrong], kind="stable")][: settings.worst]  # most confident first
     plots.mistakes_png(dataset.train_images[rows][covered][worst], labels[worst], predicted[worst],
-                       confidence[worst], run_dir / "mistakes.png",
+                       confidence[worst], folder / "mistakes.png",
                        f"the {len(worst)} most confident of {len(wrong)} out-of-fold mistakes")
     table = report(result)
-    fileio.write_text(run_dir / "evaluation.md", table)
+    fileio.write_text(folder / "evaluation.md", table)
     print(table)
     return result
 
@@ -116,7 +117,7 @@ def report(result: dict) -> str:
         ["class", "rows", "accuracy", "errors"],
         [[c, v["rows"], f"{v['accuracy']:.2%}", v["errors"]] for c, v in result["per_class"].items()])
     return (
-        f"# Evaluation of {Path(result['run']).name}\n\n"
+        f"# Evaluation of {_name(Path(result['run']))}\n\n"
         f"Model `{result['model']}`, data {result['data']}; {n_models} of {result['folds_total']} folds "
         f"trained, accuracy out-of-fold over {result['oof_rows']} rows. Cost of one net (member 0) on "
         f"{result['device']}; the submission averages {n_models} net{'s' if n_models > 1 else ''} "
@@ -151,17 +152,28 @@ class CompareSettings:
     b: str | None = None  # the change, trained on the same rows
 
 
+def _need_finished(folder: Path) -> None:
+    if not runs.is_complete(folder):
+        redo = "rerun its `make predict`" if runs.run_of(folder) != folder else "rerun its `make train` to complete it"
+        raise UserError(f"{folder}: not finished (no metrics.json); {redo}")
+
+
+def _name(folder: Path) -> str:
+    """A run's name, or run/predict-... for a `make predict` folder."""
+    run = runs.run_of(folder)
+    return run.name if run == folder else f"{run.name}/{folder.name}"
+
+
 def compare_runs(run_a: Path, run_b: Path) -> dict:
     """McNemar's test of run b against run a on the out-of-fold rows both have predicted: the errors of
-    each, the rows only one of them gets right, and the p-value. The runs must hold the same rows of the
-    same data (their folds may differ)."""
-    for run in (run_a, run_b):
-        if not runs.is_complete(run):
-            raise UserError(f"{run}: the run is not finished (no metrics.json); rerun its `make train` to complete it")
-    saved = pipeline.open_run(run_a)
-    if fileio.read_json(run_b / "data.json")["content_hash"] != saved.record["content_hash"]:
+    each, the rows only one of them gets right, and the p-value. Either may be a `make predict` folder (TTA
+    on against off, say). The runs must hold the same rows of the same data (their folds may differ)."""
+    for folder in (run_a, run_b):
+        _need_finished(folder)
+    saved = pipeline.open_run(runs.run_of(run_a))
+    if fileio.read_json(runs.run_of(run_b) / "data.json")["content_hash"] != saved.record["content_hash"]:
         raise UserError(f"{run_b}: was trained on other data than {run_a}; a paired test needs the same rows")
-    if not np.array_equal(pipeline.read_split(run_b).rows, saved.rows):
+    if not np.array_equal(np.load(runs.run_of(run_b) / "folds.npz")["rows"], saved.rows):
         raise UserError(f"{run_b}: holds other rows of train.csv than {run_a} (limit or seed differ); "
                         f"a paired test needs the same rows")
     oof_a, oof_b = np.load(run_a / "oof_probs.npy"), np.load(run_b / "oof_probs.npy")
@@ -181,8 +193,8 @@ def compare_command(args) -> None:
     result = compare_runs(runs.resolve_run(options.a, args.runs_dir), runs.resolve_run(options.b, args.runs_dir))
     rows = result["rows"]
     print(f"paired over {rows} out-of-fold rows:\n"
-          f"  A {Path(result['a']).name}: {result['a_errors']} errors ({1 - result['a_errors'] / rows:.3%})\n"
-          f"  B {Path(result['b']).name}: {result['b_errors']} errors ({1 - result['b_errors'] / rows:.3%})\n"
+          f"  A {_name(Path(result['a']))}: {result['a_errors']} errors ({1 - result['a_errors'] / rows:.3%})\n"
+          f"  B {_name(Path(result['b']))}: {result['b_errors']} errors ({1 - result['b_errors'] / rows:.3%})\n"
           f"  rows only A gets right: {result['only_a_right']}; only B: {result['only_b_right']}; "
           f"McNemar exact p = {result['p_value']:.3g}")
     print(json.dumps(result))

@@ -139,6 +139,10 @@ def run_in_kernel(settings: dict, scratch: Path, script: Path | None = None, npr
     """Train with the embedded settings inside a Kaggle kernel; returns an exit status like the CLI's. With
     several processes to train in, the first call starts `script` again under torchrun and waits for it."""
     working = competition.kaggle_working()
+    if "RANK" not in os.environ:
+        # the project is the first process's scratch folder, so input/.cache stays out of the kernel's saved
+        # output; torchrun's ranks inherit it, so rank 1 reads the data rank 0 parsed and cached
+        os.environ["DIGITREC_ROOT"] = str(scratch)
     processes = _processes(nproc) if working is not None else 1
     if processes > 1 and "RANK" not in os.environ and script is not None:
         print(f"digitrec: {processes} processes under torchrun, whole nets each", flush=True)
@@ -149,8 +153,6 @@ def run_in_kernel(settings: dict, scratch: Path, script: Path | None = None, npr
     try:
         if working is None:
             raise UserError("KAGGLE_KERNEL_RUN_TYPE is not set: this script runs inside a Kaggle kernel")
-        # the project is the scratch folder, so input/.cache stays out of the kernel's saved output
-        os.environ["DIGITREC_ROOT"] = str(scratch)
         source = data_mod.locate(None)
         if source is None:
             raise UserError(f"no competition data under {competition.kaggle_input()}: add the "

@@ -69,11 +69,12 @@ def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, Split]:
     run_dir = runs.find_resumable(cfg)
     if run_dir is not None:
         same_data = fileio.read_json(run_dir / "data.json")["content_hash"] == dataset.content_hash
-        if same_data and _same_split(read_split(run_dir), split):
+        if same_data and _same_split(read_split(run_dir, len(split.member_fold_of)), split):
             runs.lock(run_dir)  # a second process resuming the same folder stops here
             log.info(f"resuming run {run_dir}")
             fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
             return run_dir, split
+        log.info(f"not resuming {run_dir}: it was trained on {'other folds' if same_data else 'other data'}")
     run_dir = runs.new_run_dir(cfg)
     runs.lock(run_dir)  # before config.yaml makes the folder a run another process could find
     fileio.write_json(run_dir / "data.json", {"source": dataset.source, "demo": dataset.demo,
@@ -86,11 +87,13 @@ def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, Split]:
     return run_dir, split
 
 
-def read_split(run_dir: Path) -> Split:
+def read_split(run_dir: Path, members: int) -> Split:
+    """The run's folds.npz, for a run of `members` ensemble members."""
     saved = np.load(run_dir / "folds.npz")
+    if "member_fold_of" in saved:
+        return Split(saved["rows"], saved["fold_of"], saved["member_fold_of"])
     # runs from before bagged folds kept one fold_of, which every member shared
-    member_fold_of = saved["member_fold_of"] if "member_fold_of" in saved else saved["fold_of"][None]
-    return Split(saved["rows"], saved["fold_of"], member_fold_of)
+    return Split(saved["rows"], saved["fold_of"], np.repeat(saved["fold_of"][None], members, axis=0))
 
 
 def _same_split(a: Split, b: Split) -> bool:
@@ -362,9 +365,13 @@ def finish(run_dir: Path, cfg: Config, labels: np.ndarray, split: Split, demo: b
     member_oof = _member_oof(probs_root, split, done, n_members, last)
     oof = member_oof.mean(0)
     covered = np.isfinite(oof).all(1)  # rows every member has held out in a finished fold
+    # the ensemble's OOF on the rows of the run's fold k; with bagged folds (a member's own fold_seed) no net
+    # held out exactly those rows, so each net's own accuracy on the rows it held out is reported too
     per_fold = {str(k): _accuracy(oof[covered & (split.fold_of == k)], labels[covered & (split.fold_of == k)])
                 for k in done}
-    metrics = {"folds_done": done, "folds_total": cfg.folds, "fold_accuracy": per_fold,
+    per_net = [{str(k): _accuracy(member_oof[j][Unit(k, j).held_out(split)], labels[Unit(k, j).held_out(split)])
+                for k in done} for j in range(n_members)]
+    metrics = {"folds_done": done, "folds_total": cfg.folds, "fold_accuracy": per_fold, "net_accuracy": per_net,
                "oof": classification_metrics(labels[covered], oof[covered]), "demo_data": demo}
     if n_members > 1:  # each member alone, and the ensemble as members are added in order
         metrics["members"] = [
@@ -397,7 +404,7 @@ def finish(run_dir: Path, cfg: Config, labels: np.ndarray, split: Split, demo: b
     sub_path = submissions / f"{name}{'.DEMO' if demo else ''}.csv"
     sha = write_submission(make_submission(test), sub_path, expected_rows=test.shape[1])
     fileio.write_json(sub_path.with_suffix(".json"), {
-        "run": str(run_dir), "prediction": str(prediction) if prediction else None, "tta": cfg.tta,
+        "run": str(run_dir), "prediction": str(prediction) if prediction else None, "tta": config_mod.nets_tta(cfg),
         "created": _now(), "demo_data": demo, "folds": done, "oof_accuracy": metrics["oof"]["accuracy"],
         "submission_from": metrics["submission_from"], "sha256": sha})
     working = competition.kaggle_working()
@@ -448,19 +455,20 @@ def open_run(run_dir: Path, overrides: dict | None = None) -> SavedRun:
     dataset = data_mod.load_data(cfg.data, announce=log.info)
     if dataset.content_hash != record["content_hash"]:
         raise UserError(f"{run_dir}: was trained on other data than {dataset.source} (content hash differs)")
-    return SavedRun(run_dir, cfg, record, dataset, read_split(run_dir))
+    return SavedRun(run_dir, cfg, record, dataset, read_split(run_dir, len(config_mod.member_configs(cfg))))
 
 
 def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) -> RunResult:
-    """Predict again from the saved weights of a run's finished nets, with the run's settings or another
-    tta, into the run's folder predict-tta<0|1>/ and a submission of its own: what training wrote stays
-    as it was."""
+    """Predict again from the saved weights of a run's finished nets, with the run's settings or with TTA
+    on or off for every net (a member's own `tta` included), into the run's folder predict-tta<0|1>/ and a
+    submission of its own: what training wrote stays as it was."""
     logs.setup()
-    saved = open_run(runs.resolve_run(run, runs_dir), {"tta": tta} if tta is not None else None)
-    cfg, run_dir = saved.cfg, saved.run_dir
+    saved = open_run(runs.run_of(runs.resolve_run(run, runs_dir)))
+    run_dir = saved.run_dir
+    cfg = saved.cfg if tta is None else config_mod.with_tta(saved.cfg, tta)
     runs.lock(run_dir)  # not while a `make train` still writes its nets
     try:
-        out = run_dir / f"predict-tta{int(cfg.tta)}"
+        out = runs.prediction_dir(run_dir, config_mod.nets_tta(cfg))
         fileio.write_text(out / "config.yaml", cfg.to_yaml())
         device = engine.select_device(cfg.device)
         tensors = _on_device(saved.dataset, saved.rows, device)

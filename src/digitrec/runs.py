@@ -14,9 +14,10 @@ A run folder holds:
   oof_probs.npy        (rows, 10) their average (NaN where the fold was not trained)
   test_probs.npy       (nets, test rows, 10): the nets the submission averages (refit or fold members)
   metrics.json         CV metrics; written when the run is complete
-  predict-<settings>/  `make predict` with its prediction settings (tta0, tta1): the same files as the
-                       nets' and the run's predictions above, and its own config.yaml and metrics.json;
-                       what training wrote is never rewritten
+  predict-<settings>/  `make predict` with its prediction settings (tta0, tta1, tta-per-member): the same
+                       files as the nets' and the run's predictions above, and its own config.yaml and
+                       metrics.json; what training wrote is never rewritten. `make evaluate` and
+                       `make compare` take it in place of a run (run_of)
   .lock                held (flock) by the process training or predicting in the folder; its PID inside
 """
 from __future__ import annotations
@@ -133,14 +134,31 @@ def unlock(run_dir: Path) -> None:
         handle.close()  # closing the file releases the flock
 
 
+PREDICTION = "predict-"  # the prefix of a `make predict` folder inside a run
+
+
+def prediction_dir(run_dir: Path, tta: bool | None) -> Path:
+    """Where `make predict` writes, by its prediction settings: predict-tta0/, predict-tta1/, or
+    predict-tta-per-member/ for a run whose members predict some with TTA and some without."""
+    return run_dir / f"{PREDICTION}tta{'-per-member' if tta is None else int(tta)}"
+
+
+def run_of(folder: Path) -> Path:
+    """The run a folder of predictions belongs to: a run folder is its own; a `make predict` folder
+    (predict-*/, which holds the same prediction files and metrics.json) belongs to the run around it."""
+    is_prediction = folder.name.startswith(PREDICTION) and (folder.parent / "data.json").is_file()
+    return folder.parent if is_prediction else folder
+
+
 def resolve_run(run: str | None, runs_dir: str = "runs") -> Path:
-    """RUN=<name or path>; the newest run when not given."""
+    """RUN=<name or path>: a run folder, or a `make predict` folder inside one (run_of tells which run it
+    belongs to); the newest run when not given."""
     root = in_project(runs_dir)
     if run:
         for candidate in (Path(run), root / run):
-            if (candidate / "config.yaml").is_file():
+            if (candidate / "config.yaml").is_file() and (run_of(candidate) / "data.json").is_file():
                 return candidate
-        raise UserError(f"RUN={run}: no run folder with a config.yaml (runs are under {root}/)")
+        raise UserError(f"RUN={run}: no run folder with a config.yaml and data.json (runs are under {root}/)")
     runs = list_runs(root)
     if not runs:
         raise UserError(f"no runs under {root}/ yet: run `make train` first")
