@@ -45,6 +45,9 @@ def test_quick_bench_writes_json_and_records(demo_dir: Path, workdir: Path, monk
         out["flop_limit_fraction"] * out["gemm_gflop_s"] / out["gemm_bf16_gflop_s"], rel=1e-3)
     assert out["baseline"] is None and out["regressions"] == []
     assert "train, conventional per-sample path" in stdout and "no figures recorded" in stdout
+    # the quick run times two nets stacked beside the single net: images/s over both nets
+    assert out["stacked2_img_per_s"] > 0 and "train, 2 nets stacked, all nets" in stdout
+    assert out["stacked2_speedup"] == pytest.approx(out["stacked2_img_per_s"] / out["train_img_per_s"], rel=1e-3)
 
     # the record holds this run's figures under its machine; against itself nothing is worse
     recorded = json.loads((workdir / "bench.json").read_text())[bench.record_key(out)]
@@ -55,6 +58,8 @@ def test_quick_bench_writes_json_and_records(demo_dir: Path, workdir: Path, monk
     # against a record twice as fast, with the same GEMM, training is named and blamed on the code
     lines, worse = bench.compare(out, {**recorded, "train_img_per_s": 2 * out["train_img_per_s"]})
     assert [w["key"] for w in worse] == ["train_img_per_s"]
+    _, worse = bench.compare(out, {**recorded, "stacked2_img_per_s": 2 * out["stacked2_img_per_s"]})
+    assert [w["key"] for w in worse] == ["stacked2_img_per_s"]  # the stacked step is benched like the single one
     assert lines[0].startswith("REGRESSION train_img_per_s") and not any("GEMM" in line for line in lines)
 
 

@@ -87,19 +87,41 @@ def test_make_train_nproc_2_is_data_parallel(workdir: Path, demo_dir: Path) -> N
 
 
 def test_fold_parallel_ranks_take_whole_nets(workdir: Path, demo_dir: Path) -> None:
-    result = subprocess.run(train_command(2, demo_dir, "LIMIT=300", "FOLDS=3", "EPOCHS=1", "parallel=folds",
-                                          "refit=true"), cwd=workdir, env=env(workdir), capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(train_command(2, demo_dir, "LIMIT=300", "FOLDS=4", "EPOCHS=1", "parallel=folds",
+                                          "refit=true", "nets_per_step=2"), cwd=workdir, env=env(workdir),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes, whole nets per rank" in result.stdout
-    # four nets (3 folds + the refit) dealt out: rank 0 takes fold 0 and fold 2, rank 1 fold 1 and the refit
-    assert "[rank 1] fold 1: val accuracy" in result.stdout and "[rank 1] refit: trained" in result.stdout
-    assert "fold 0: val accuracy" in result.stdout and "[rank 1] fold 0" not in result.stdout
+    # five nets (4 folds + the refit) dealt out: rank 0 takes folds 0 and 2, stacked, then the refit (its own
+    # schedule: all rows), rank 1 folds 1 and 3, stacked
+    assert "[rank 1] 2 nets in one step: fold 1, fold 3" in result.stdout
+    assert "[rank 1] fold 3: val accuracy" in result.stdout and "[rank 1] fold 0" not in result.stdout
+    assert "\n2 nets in one step: fold 0, fold 2" in result.stdout and "\nrefit: trained" in result.stdout
     (run,) = (workdir / "runs").iterdir()
-    assert yaml.safe_load((run / "config.yaml").read_text())["world_size"] == 1  # each net: one process
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["world_size"] == 1 and saved["nets_per_step"] == 2  # each net: one process
     metrics = fileio.read_json(run / "metrics.json")
-    assert metrics["folds_done"] == [0, 1, 2] and metrics["submission_from"].startswith("refit")
+    assert metrics["folds_done"] == [0, 1, 2, 3] and metrics["submission_from"].startswith("refit")
     assert result.stdout.count("submission: ") == 1
+
+
+def test_fold_parallel_ranks_share_a_gpu_and_data_parallel_ones_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four ranks on a machine with one GPU: fold-parallel ones all take it, over gloo; data-parallel ones would
+    need NCCL, which refuses two ranks on one device, so they stop in one line."""
+    from digitrec import distributed
+    from digitrec.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert distributed.device_for("cuda", distributed.Ranks(3, 4), "folds") == "cuda:0"
+    assert distributed.backend(torch.device("cuda:0"), "folds") == "gloo"
+    assert distributed.backend(torch.device("cuda:0"), "data") == "nccl"
+    assert distributed.backend(torch.device("cpu"), "data") == "gloo"
+    with pytest.raises(UserError, match="^4 data-parallel ranks on this machine need a GPU each, and it has 1: "
+                                        "give NPROC=1, or ARGS=parallel=folds"):
+        distributed.device_for("cuda", distributed.Ranks(3, 4), "data")
 
 
 def _worker_pids(agent: subprocess.Popen) -> dict[int, int]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -88,8 +89,10 @@ def test_the_kernel_script_trains_in_a_simulated_kernel(demo_dir: Path, tmp_path
     done = subprocess.run([sys.executable, str(built / kernel.SCRIPT)], cwd=working, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    threads = max(1, (os.cpu_count() or 1) // (nproc or 1))  # the cores shared out among the ranks
+    assert f"device: cpu ({threads} threads)" in output
     if nproc:
-        output = done.stdout + done.stderr
         assert "digitrec: 2 processes under torchrun" in output and "2 processes, whole nets per rank" in output
     where = next(line for line in done.stdout.splitlines() if line.startswith("digitrec from "))
     assert str(ROOT / "src") not in where and "digitrec-" in where  # the carried copy, not the checkout

@@ -5,6 +5,9 @@ What is measured, each after a warm-up and as the median of several repeats:
   train          images/s of `make train`'s own training: the set-up engine.make_trainer builds (net,
                  optimizer, LR schedule, EMA, compile) stepped by Trainer.update over the windows
                  Trainer.start_epoch draws, the calls train_net makes, at BS x ACCUM
+  stacked        images/s over all nets of K nets in one step (stacked.StackedTrainer.update, what
+                 nets_per_step > 1 trains with), each on its own windows of BS x ACCUM: K = 5 and 10 on a GPU,
+                 5 on the CPU, 2 in a quick run (stacks= sets them)
   conventional   the same model, augmentation, optimizer and loss fed the way most public kernels do:
                  pandas row -> PIL image -> torchvision RandomAffine + ToTensor -> DataLoader(2 workers)
   FLOP limit     fp32 GEMM FLOP/s at the same thread count, and the model's training FLOPs per image
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 
 from . import config as config_mod
 from . import data as data_mod
-from . import commands, engine, fileio, logs
+from . import commands, engine, fileio, logs, stacked
 from .config import Config
 from .cost import cpu_name
 from .errors import UserError
@@ -120,26 +123,56 @@ def machine_id(device: torch.device, threads: int) -> str:
 # ---------------------------------------------------------------- training throughput
 
 
+def _training_data(cfg: Config, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> engine.FoldData:
+    """The training rows on the device, in whole windows only, so every timed step is BS x ACCUM images; a set
+    smaller than one window (the demo set at ACCUM=8) is drawn with replacement up to one."""
+    n, window = len(labels), cfg.effective_batch
+    rows = torch.arange(n - n % window) if n >= window else torch.randint(
+        n, (window,), generator=torch.Generator().manual_seed(cfg.seed))
+    return engine.FoldData(images.to(device), labels.to(device), rows, rows[:0], images[:0])
+
+
+def _endless_windows(data: engine.FoldData, seed: int, window: int):
+    order = torch.Generator().manual_seed(seed)
+    return itertools.chain.from_iterable(engine.epoch_windows(data.train_idx, order, window) for _ in itertools.count())
+
+
 def train_throughput(cfg: Config, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
                      plan: Plan) -> float:
     """Images/s of train_net's loop: engine.make_trainer's set-up, Trainer.update over the windows of
     Trainer.start_epoch."""
     torch.manual_seed(cfg.seed)
-    order = torch.Generator().manual_seed(cfg.seed)
-    n, window = len(labels), cfg.effective_batch
-    # whole windows only, so every timed step is BS x ACCUM images; a set smaller than one window (the demo
-    # set at ACCUM=8) is drawn with replacement up to one
-    rows = torch.arange(n - n % window) if n >= window else torch.randint(n, (window,), generator=order)
-    data = engine.FoldData(images.to(device), labels.to(device), rows, rows[:0], images[:0])
-    trainer = engine.make_trainer(cfg, device, len(rows))
-    windows = itertools.chain.from_iterable(trainer.start_epoch(rows, order) for _ in itertools.count())
+    data = _training_data(cfg, images, labels, device)
+    trainer = engine.make_trainer(cfg, device, len(data.train_idx))
+    trainer.model.train()
+    windows = _endless_windows(data, cfg.seed, cfg.effective_batch)
 
     def steps() -> None:
         for _ in range(plan.train_steps):
             trainer.update(next(windows), data)
 
     seconds = _median_seconds(steps, plan.repeats, device)
-    return plan.train_steps * window / seconds
+    return plan.train_steps * cfg.effective_batch / seconds
+
+
+def stacked_throughput(cfg: Config, images: torch.Tensor, labels: torch.Tensor, device: torch.device, plan: Plan,
+                       nets: int) -> float:
+    """Images/s over all nets of `nets` nets stepped together by stacked.StackedTrainer.update, each on its own
+    windows of the same rows; a timed repeat takes about as many images as train_throughput's (at least one
+    step)."""
+    data = _training_data(cfg, images, labels, device)
+    seeds = [cfg.seed + i for i in range(nets)]
+    trainer = stacked.StackedTrainer(cfg, seeds, device, len(data.train_idx))
+    trainer.train()
+    windows = [_endless_windows(data, seed, cfg.effective_batch) for seed in seeds]
+    count = max(1, plan.train_steps // nets)
+
+    def steps() -> None:
+        for _ in range(count):
+            trainer.update([next(w) for w in windows], [data] * nets)
+
+    seconds = _median_seconds(steps, plan.repeats, device)
+    return count * nets * cfg.effective_batch / seconds
 
 
 class _RowDataset(torch.utils.data.Dataset):
@@ -306,16 +339,23 @@ def comparable(recorded: dict | None, current: dict) -> bool:
     return bool(recorded) and not differences(recorded, current)
 
 
+def _stacked_keys(result: dict) -> list[str]:
+    """The stacked timings a run made: stacked<K>_img_per_s, K ascending."""
+    return sorted((k for k in result if k.startswith("stacked") and k.endswith("_img_per_s")),
+                  key=lambda k: int(k[len("stacked"):-len("_img_per_s")]))
+
+
 def regressions(current: dict, recorded: dict, tolerance: float = TOLERANCE) -> list[dict]:
     """The figures that got worse than recorded by more than `tolerance`: each with both values and the
     relative change of the value itself (+0.25: 25% more seconds, or 25% more images/s)."""
     worse = []
-    for key in (*HIGHER_IS_BETTER, *LOWER_IS_BETTER):
+    higher = (*HIGHER_IS_BETTER, *_stacked_keys(current))
+    for key in (*higher, *LOWER_IS_BETTER):
         old, new = recorded.get(key), current.get(key)
         if not isinstance(old, (int, float)) or not isinstance(new, (int, float)) or old <= 0:
             continue
         change = (new - old) / old
-        if (change < -tolerance) if key in HIGHER_IS_BETTER else (change > tolerance):
+        if (change < -tolerance) if key in higher else (change > tolerance):
             worse.append({"key": key, "recorded": old, "now": new, "change": round(change, 4)})
     return worse
 
@@ -356,6 +396,9 @@ def table(result: dict, recorded: dict | None) -> str:
         ("load the data, warm cache", "csv_cached_s", "s"),
         ("peak RSS of a training process", "peak_rss_gib", "GiB"),
     ]
+    for key in _stacked_keys(result):  # after the single net's training row
+        nets = key[len("stacked"):-len("_img_per_s")]
+        rows.insert(1, (f"train, {nets} nets stacked, all nets", key, "img/s"))
     lines = [f"{'':37} {'now':>10} {'':9} {'recorded':>10}  {'change':>7}  target (2-core CPU)"]
     for label, key, unit in rows:
         value, old = result[key], (recorded or {}).get(key)
@@ -372,11 +415,19 @@ class BenchSettings:
     quick: bool = False  # a few steps on small sizes, for tests
     record: bool = False  # store the figures as this machine's reference
     results: str = DEFAULT_RESULTS
+    stacks: tuple[int, ...] | None = None  # nets per stacked step to time; None: 5 10 on a GPU, 5 on the CPU, 2 quick
 
 
-def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan) -> dict:
+def default_stacks(device: torch.device, plan: Plan) -> tuple[int, ...]:
+    if plan is QUICK:
+        return (2,)
+    return (5, 10) if device.type == "cuda" else (5,)
+
+
+def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan, stacks: tuple[int, ...] | None = None) -> dict:
     """Every measurement, in an order that keeps them apart: the memory run first (a child process,
-    nothing else running), then data, the GEMM, training, the conventional path, prediction."""
+    nothing else running), then data, the GEMM, training (one net, then stacked nets), the conventional path,
+    prediction."""
     engine.use_host_settings(cfg)
     device = engine.select_device(cfg.device)
     threads = torch.get_num_threads()
@@ -405,6 +456,11 @@ def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan) -> dict
     flops = train_flops_per_image(cfg)
     images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
     ours = stage("training, our pipeline", lambda: train_throughput(cfg, images, labels, device, plan))
+    stacked_figures = {}
+    for nets in stacks or default_stacks(device, plan):
+        img_per_s = stage(f"training, {nets} nets stacked", lambda: stacked_throughput(
+            cfg, images, labels, device, plan, nets))
+        stacked_figures.update({f"stacked{nets}_img_per_s": img_per_s, f"stacked{nets}_speedup": img_per_s / ours})
     conventional = stage("training, conventional path", lambda: conventional_throughput(
         cfg, dataset.train_images, dataset.train_labels, device, plan))
     # the issue's comparison is with a typical (fp32) kernel; the same path under our autocast shows how
@@ -416,7 +472,8 @@ def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan) -> dict
     test_rows = len(dataset.test_images[:plan.predict_rows])
 
     figures = {
-        "train_img_per_s": ours, "conventional_img_per_s": conventional, "speedup": ours / conventional,
+        "train_img_per_s": ours, **stacked_figures, "conventional_img_per_s": conventional,
+        "speedup": ours / conventional,
         "conventional_same_precision_img_per_s": conventional_mixed, "speedup_same_precision": ours / conventional_mixed,
         "gemm_gflop_s": gemm / 1e9, "train_mflop_per_img": flops / 1e6, "flop_limit_fraction": ours * flops / gemm,
         # the limit in the precision the step runs in (= the fp32 figures in fp32); the keys say bf16 for
@@ -471,7 +528,7 @@ def command(args: argparse.Namespace) -> None:
     # ACCUM=8 is the issue's setting for the throughput figures; an explicit ACCUM= still wins
     cfg = config_mod.load(args.config, ["accum=8", *overrides])
 
-    result = run(cfg, overrides, args.config, QUICK if quick else FULL)
+    result = run(cfg, overrides, args.config, QUICK if quick else FULL, ours.stacks)
     previous = read_results(results_path).get(record_key(result))
     lines, worse = compare(result, previous)
     baseline = previous if previous is not None and comparable(previous, result) else None

@@ -78,6 +78,9 @@ class Config:
     precision: str | None = None  # set by the run: the precision it computed in (bf16, fp16 or fp32), recorded
     channels_last: bool = False  # NHWC: measured slower for this small CNN on both the CPU and an H100
     compile: bool = False  # torch.compile the model
+    # nets trained together in one step (stacked.py): auto stacks on CUDA, not on the CPU; N: at most N; 1: one net
+    # per step. A run records the number it used
+    nets_per_step: int | str = "auto"
     threads: int | None = None  # torch intra-op threads; None = torch's default
     flush_denormal: bool = True  # CPU: denormal floats become zero (x86 computes them in microcode, far slower)
     eval_batch_size: int = 256  # measured faster than 1024 here, and a quarter of the activations
@@ -199,6 +202,8 @@ def validate(cfg: Config) -> Config:
     need(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
     need(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
     need(cfg.parallel in ("data", "folds"), f"parallel must be data or folds, got '{cfg.parallel}'")
+    need(cfg.nets_per_step == "auto" or (isinstance(cfg.nets_per_step, int) and cfg.nets_per_step >= 1),
+         f"nets_per_step must be auto or a whole number >= 1, got '{cfg.nets_per_step}'")
     need(cfg.world_size >= 1, f"world_size must be >= 1, got {cfg.world_size}")
     need(0 <= cfg.pseudo_rounds <= 5, f"pseudo_rounds must be in 0..5, got {cfg.pseudo_rounds}")
     need(0 <= cfg.pseudo_threshold < 1, f"pseudo_threshold must be in [0, 1), got {cfg.pseudo_threshold}")
@@ -282,9 +287,10 @@ def load(path: str | Path | None, overrides: list[str] | dict[str, Any] | None =
 # shown, where outputs go, how long a collective waits, and the batching and threads of the same sums.
 # Everything else, tta included, decides whether a run folder may be resumed.
 # precision is a record of what amp meant on the machine that ran: a run resumed on other hardware goes on in
-# that hardware's precision (and records it).
+# that hardware's precision (and records it). nets_per_step changes which draws of the global generator a net's
+# augmentation and dropout take, not what it trains: a net's resume point goes on stacked or alone.
 NOT_TRAINING = ("progress", "runs_dir", "submissions_dir", "threads", "eval_batch_size", "timeout_minutes",
-                "precision")
+                "precision", "nets_per_step")
 
 
 def training_differences(a: Config, b: Config) -> list[str]:

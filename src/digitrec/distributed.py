@@ -7,7 +7,8 @@ process and nothing here does anything. Two ways to share the work (config `para
          shard of every optimizer window (engine.train_step), gradients are all-reduced (NCCL on GPUs,
          gloo on CPUs), and the effective batch is BS x ACCUM x WORLD_SIZE.
   folds  no gradient traffic: the run's nets (fold x member, then the refit) are dealt out to the ranks,
-         each trains its own on one device, and rank 0 builds the submission once every net is done.
+         each trains its own on one device, and rank 0 builds the submission once every net is done. The
+         ranks exchange only small objects, over gloo, so several may share one GPU (NPROC=4 on one GPU).
 
 Only rank 0 creates the run folder, logs, draws progress bars and writes the files of a data-parallel
 net. When a rank dies, torchrun stops the others (SIGTERM, answered here with one line) and names the
@@ -52,10 +53,17 @@ def launched() -> Ranks:
                         "must be integers (torchrun sets them)") from None
 
 
-def device_for(name: str, ranks: Ranks) -> str:
-    """Each process on a multi-GPU machine takes the GPU of its LOCAL_RANK."""
+def device_for(name: str, ranks: Ranks, parallel: str = "data") -> str:
+    """Each process on a multi-GPU machine takes the GPU of its LOCAL_RANK; with more fold-parallel ranks than
+    GPUs, ranks share them in turn. Data-parallel ranks need a GPU each: NCCL refuses two on one device."""
     if ranks.world > 1 and name == "cuda" and torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+        gpus = torch.cuda.device_count()
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if parallel == "data" and int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world)) > gpus:
+            raise UserError(f"{os.environ.get('LOCAL_WORLD_SIZE', ranks.world)} data-parallel ranks on this machine "
+                            f"need a GPU each, and it has {gpus}: give NPROC={gpus}, or ARGS=parallel=folds (ranks "
+                            f"train whole nets and may share a GPU)")
+        return f"cuda:{local % gpus}"
     return name
 
 
@@ -82,16 +90,21 @@ def peers_watched(ranks: Ranks):
                         f"another rank died ({first}); {RESUME_HINT}") from e
 
 
-def start(device: torch.device, timeout_minutes: float) -> Ranks:
-    """Join the process group (a no-op for one process): NCCL for CUDA devices, gloo otherwise."""
+def backend(device: torch.device, parallel: str) -> str:
+    """NCCL for data-parallel ranks on GPUs (their gradients); gloo for everything else: CPUs, and fold-parallel
+    ranks, whose few small messages need no NCCL, and which NCCL would refuse to put two on one GPU."""
+    return "nccl" if device.type == "cuda" and parallel == "data" else "gloo"
+
+
+def start(device: torch.device, timeout_minutes: float, parallel: str = "data") -> Ranks:
+    """Join the process group (a no-op for one process), over backend()."""
     ranks = launched()
     if ranks.world == 1:
         return ranks
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        dist.init_process_group(backend(device, parallel), timeout=datetime.timedelta(minutes=timeout_minutes))
     signal.signal(signal.SIGTERM, _stopped_by_peer)
     return ranks
 

@@ -1,4 +1,6 @@
-"""Training and prediction for one net (a fold's member, or a refit member): the only training loop in the project.
+"""Training and prediction for one net (a fold's member, or a refit member): the single-net training loop, what
+the CPU runs and what the bench compares against. stacked.py trains several nets of one architecture per step
+on a GPU, with the pieces defined here (windows, optimizer, schedule, precision, evaluation, resume points).
 
 The whole training set lives on the device as one uint8 tensor; a batch is an index tensor into it,
 turned to float and augmented on the device in one call. The optimizer steps once per window of
@@ -215,13 +217,15 @@ class Schedule:
         self.warmup_steps = min(round(cfg.warmup_epochs * self.steps_per_epoch), self.total_steps // 2)
 
 
-def make_optimizer(model: nn.Module, cfg: Config, schedule: Schedule):
+def make_optimizer(params: nn.Module | list[dict], cfg: Config, schedule: Schedule):
+    """cfg's timm optimizer over a net (timm groups its parameters: no weight decay on biases and norm
+    weights) or over parameter groups already made (stacked.py's), and its LR schedule."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
     lr = cfg.scaled_lr
     try:
-        optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay)
+        optimizer = create_optimizer_v2(params, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay)
     except ValueError as e:  # timm: "Optimizer x not found in registry"
         import difflib
 
@@ -262,13 +266,9 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def start_epoch(self, train_idx: torch.Tensor, order: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """Training mode, and the epoch's windows: a permutation of train_idx drawn from `order` (the same
-        on every rank), in windows of BS x ACCUM x WORLD_SIZE indices. Every rank gets the same number of
-        micro-batches per window: the epoch is cut to a multiple of the world size (at most world - 1
-        images an epoch, a different few each time)."""
+        """Training mode, and the epoch's windows (epoch_windows)."""
         self.model.train()
-        n = len(train_idx) - len(train_idx) % self.ranks.world
-        return train_idx[torch.randperm(len(train_idx), generator=order)[:n]].split(self.schedule.window)
+        return epoch_windows(train_idx, order, self.schedule.window, self.ranks.world)
 
     def update(self, window: torch.Tensor, data: FoldData) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over `window`, the LR schedule's step and the EMA's update: the body of
@@ -295,6 +295,15 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         if self.scaler is not None and state.get("scaler"):  # the loss scale it had grown or cut to
             self.scaler.load_state_dict(state["scaler"])
+
+
+def epoch_windows(train_idx: torch.Tensor, order: torch.Generator, window: int, world: int = 1) -> tuple[torch.Tensor, ...]:
+    """An epoch's windows: a permutation of train_idx drawn from `order` (the same on every rank), in windows
+    of `window` (BS x ACCUM x WORLD_SIZE) indices. Every rank gets the same number of micro-batches per window:
+    the epoch is cut to a multiple of the world size (at most world - 1 images an epoch, a different few each
+    time)."""
+    n = len(train_idx) - len(train_idx) % world
+    return train_idx[torch.randperm(len(train_idx), generator=order)[:n]].split(window)
 
 
 def make_trainer(cfg: Config, device: torch.device, n_train: int, ranks: Ranks = ALONE) -> Trainer:
@@ -369,33 +378,39 @@ def hard_labels(y: torch.Tensor) -> torch.Tensor:
     return y if y.ndim == 1 else y.argmax(1)
 
 
-def _evaluate(model: nn.Module, data: FoldData, cfg: Config, device: torch.device) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: FoldData, cfg: Config, device: torch.device) -> tuple[float, float]:
     probs = torch.from_numpy(predict_proba(model, data.images[data.val_idx.to(data.images.device)], cfg, device))
     labels = hard_labels(data.labels[data.val_idx.to(data.labels.device)]).cpu()
     loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
     return loss, (probs.argmax(1) == labels).float().mean().item()
 
 
-def _rng_state(order: torch.Generator, device: torch.device) -> dict:
+def rng_state(order: torch.Generator, device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state(), "order": order.get_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict, order: torch.Generator, device: torch.device) -> None:
+def set_rng_state(state: dict, order: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     order.set_state(state["order"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _check_finite(loss: float, which: str, label: str, epoch: int, cfg: Config) -> None:
+def check_finite(loss: float, which: str, label: str, epoch: int, cfg: Config) -> None:
     """A NaN or infinite loss stops the unit before its resume point or predictions are written."""
     if not math.isfinite(loss):
         raise TrainingDiverged(
             f"{label} epoch {epoch + 1}: the {which} loss became {loss} (training diverged); lower lr "
             f"(now {cfg.scaled_lr:.3g}) or raise the effective batch BS x ACCUM (now {cfg.effective_batch})")
+
+
+def resume_epoch(unit_dir: Path) -> int:
+    """The epochs a net has finished by its resume point (0 without one)."""
+    path = unit_dir / "resume.pt"
+    return fileio.read_torch(path)["epoch"] if path.is_file() else 0
 
 
 def predict_net(model: nn.Module, data: FoldData, cfg: Config, device: torch.device, unit_dir: Path,
@@ -405,7 +420,7 @@ def predict_net(model: nn.Module, data: FoldData, cfg: Config, device: torch.dev
     val_probs = predict_proba(model, data.images[data.val_idx.to(data.images.device)], cfg, device, cfg.tta)
     test_probs = predict_proba(model, data.test_images, cfg, device, cfg.tta)
     if not (np.isfinite(val_probs).all() and np.isfinite(test_probs).all()):
-        _check_finite(float("nan"), "prediction", label, cfg.epochs - 1, cfg)
+        check_finite(float("nan"), "prediction", label, cfg.epochs - 1, cfg)
     fileio.write_npy(unit_dir / "val_probs.npy", val_probs)
     fileio.write_npy(unit_dir / "test_probs.npy", test_probs)
     return val_probs, test_probs
@@ -434,7 +449,7 @@ def train_net(cfg: Config, data: FoldData, seed: int, label: str, unit_dir: Path
     if resume_path.exists():
         state = fileio.read_torch(resume_path)
         trainer.load_state_dict(state)
-        _set_rng_state(state["rng"][ranks.rank % len(state["rng"])], order, device)
+        set_rng_state(state["rng"][ranks.rank % len(state["rng"])], order, device)
         start_epoch, history = state["epoch"], state["history"]
         log.info(f"{label}: resuming after epoch {start_epoch}/{cfg.epochs}")
 
@@ -452,24 +467,42 @@ def train_net(cfg: Config, data: FoldData, seed: int, label: str, unit_dir: Path
             correct += window_correct
         sum_(loss_sum, ranks)  # the epoch's figures over every rank's shard
         sum_(correct, ranks)
-        train_loss = loss_sum.item() / n_train
-        _check_finite(train_loss, "training", label, epoch, cfg)
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct.item() / n_train}
-        line = f"{label} epoch {epoch + 1:>2}/{cfg.epochs}  train loss {train_loss:.4f} acc {record['train_acc']:.2%}"
-        if len(data.val_idx):  # a refit has no held-out rows
-            val_loss, val_acc = _evaluate(trainer.final, data, cfg, device)
-            _check_finite(val_loss, "validation", label, epoch, cfg)  # the weights the step left behind
-            record.update(val_loss=val_loss, val_acc=val_acc)
-            line += f"  val loss {val_loss:.4f} acc {val_acc:.2%}"
-        record.update(lr=trainer.optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started)
+        record, line = epoch_record(trainer.final, data, cfg, device, label, epoch, loss_sum.item(), correct.item(),
+                                    n_train, trainer.optimizer.param_groups[0]["lr"])
+        record["seconds"] = time.perf_counter() - started
         history.append(record)
-        rng = gather(_rng_state(order, device), ranks)  # every rank's generators, kept by rank 0
+        rng = gather(rng_state(order, device), ranks)  # every rank's generators, kept by rank 0
         if ranks.is_main:
-            log.info(f"{line}  lr {record['lr']:.2e}  {record['seconds']:.1f}s")
+            log.info(f"{line}  {record['seconds']:.1f}s")
             fileio.write_torch(resume_path, {"epoch": epoch + 1, **trainer.state_dict(), "rng": rng,
                                              "history": history})
 
     if not ranks.is_main:  # rank 0 predicts and writes; the weights are the same on every rank
         return FoldOutput(np.zeros((0, 10), np.float32), np.zeros((0, 10), np.float32), history)
-    fileio.write_torch(unit_dir / "weights.pt", trainer.final.state_dict())
-    return FoldOutput(*predict_net(trainer.final, data, cfg, device, unit_dir, label), history)
+    return finish_net(trainer.final, data, cfg, device, unit_dir, label, history)
+
+
+def epoch_record(final: nn.Module, data: FoldData, cfg: Config, device: torch.device, label: str, epoch: int,
+                 loss_sum: float, correct: int, n_train: int, lr: float) -> tuple[dict, str]:
+    """One net's epoch as its history keeps it, and as its log line says it: the training loss and accuracy
+    over the epoch's n_train rows, the validation figures of `final`, the weights the step left behind (none
+    for a refit, which holds no row out), and the LR; the caller adds the epoch's seconds to both, validation
+    included. A NaN or infinite loss stops the net here."""
+    train_loss = loss_sum / n_train
+    check_finite(train_loss, "training", label, epoch, cfg)
+    record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / n_train}
+    line = f"{label} epoch {epoch + 1:>2}/{cfg.epochs}  train loss {train_loss:.4f} acc {record['train_acc']:.2%}"
+    if len(data.val_idx):
+        val_loss, val_acc = evaluate(final, data, cfg, device)
+        check_finite(val_loss, "validation", label, epoch, cfg)
+        record.update(val_loss=val_loss, val_acc=val_acc)
+        line += f"  val loss {val_loss:.4f} acc {val_acc:.2%}"
+    record["lr"] = lr
+    return record, f"{line}  lr {lr:.2e}"
+
+
+def finish_net(final: nn.Module, data: FoldData, cfg: Config, device: torch.device, unit_dir: Path, label: str,
+               history: list[dict]) -> FoldOutput:
+    """A trained net's weights (unit_dir/weights.pt: `final`, the EMA's when there is one) and predictions."""
+    fileio.write_torch(unit_dir / "weights.pt", final.state_dict())
+    return FoldOutput(*predict_net(final, data, cfg, device, unit_dir, label), history)

@@ -157,8 +157,12 @@ def run_in_kernel(settings: dict, scratch: Path, script: Path | None = None, npr
         if source is None:
             raise UserError(f"no competition data under {competition.kaggle_input()}: add the "
                             f"'{competition.NAME}' competition as this kernel's data source")
+        # the machine's cores shared out among the ranks (two T4s and 4 cores: 2 threads each); each rank stacks its
+        # own nets on its GPU (nets_per_step: auto)
+        threads = settings.get("threads") or max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", 1)))
         cfg = config_mod.load(None, {**settings, "data": str(source.path), "runs_dir": str(working / "runs"),
-                                     "submissions_dir": str(working / "submissions"), "progress": False})
+                                     "submissions_dir": str(working / "submissions"), "progress": False,
+                                     "threads": threads})
         print(f"digitrec from {PACKAGE_DIR}; data {source.path}; output {working}", flush=True)
         pipeline.train(cfg)
     except UserError as e:

@@ -1,4 +1,5 @@
-"""The run: data -> folds -> one engine call per net -> OOF metrics -> averaged submission.
+"""The run: data -> folds -> one engine call per net (or per group of nets stepped together) -> OOF metrics ->
+averaged submission.
 
 A run trains every ensemble member (config `members`; one when unset) on every fold (each member on its
 own folds when it sets fold_seed: bagged folds), then (pseudo_rounds >= 1) a pseudo-labelled student of
@@ -21,7 +22,7 @@ import torch
 
 from . import config as config_mod
 from . import data as data_mod
-from . import competition, distributed, engine, fileio, logs, pseudo, runs
+from . import competition, distributed, engine, fileio, logs, pseudo, runs, stacked
 from .config import Config
 from .errors import UserError
 from .folds import make_folds, stratified_subset
@@ -201,11 +202,12 @@ def _student_selection(student: Unit, units: list[Unit], split: Split, run_dir: 
     return pseudo.load(path)[0]
 
 
-def _save_unit(unit_dir: Path, history: list[dict], seconds: float) -> None:
+def _save_unit(unit_dir: Path, history: list[dict], seconds: float, nets_per_step: int) -> None:
     """A trained net's history, then done.json (the net is finished: its weights and predictions are
-    written by then), and its resume point is no longer needed."""
+    written by then; seconds: its share of the time of the nets it stepped with), and its resume point is no
+    longer needed."""
     fileio.write_json(unit_dir / "history.json", history)
-    fileio.write_json(unit_dir / "done.json", {"seconds": seconds, "epochs": len(history)})
+    fileio.write_json(unit_dir / "done.json", {"seconds": seconds, "epochs": len(history), "nets_per_step": nets_per_step})
     (unit_dir / "resume.pt").unlink(missing_ok=True)
 
 
@@ -234,9 +236,10 @@ def train(cfg: Config) -> RunResult:
     # device=auto is decided once (a GPU this torch cannot run on means the CPU), then each rank takes its GPU;
     # settings, then data, are checked before anything is written
     kind = engine.select_device("auto").type if cfg.device == "auto" else cfg.device
-    device = engine.preflight(cfg, distributed.device_for(kind, ranks))
-    cfg = dataclasses.replace(cfg, precision=engine.precision(device, cfg.amp))  # recorded in config.yaml
-    ranks = distributed.start(device, cfg.timeout_minutes)
+    device = engine.preflight(cfg, distributed.device_for(kind, ranks, cfg.parallel))
+    # recorded in config.yaml: what amp and nets_per_step=auto meant on this machine
+    cfg = dataclasses.replace(cfg, precision=engine.precision(device, cfg.amp), nets_per_step=stacked.resolve(cfg, device))
+    ranks = distributed.start(device, cfg.timeout_minutes, cfg.parallel)
     try:
         with distributed.peers_watched(ranks):
             result = _train(cfg, device, ranks)
@@ -271,41 +274,65 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
     if ranks.is_main:
         mode = "one process" if ranks.world == 1 else \
             f"{ranks.world} processes, {'whole nets per rank' if by_folds else 'data-parallel (DDP)'}"
-        log.info(f"device: {device} ({torch.get_num_threads()} threads), {mode}, {cfg.precision}")
+        per_step = f", up to {cfg.nets_per_step} nets per step" if cfg.nets_per_step > 1 else ""
+        log.info(f"device: {device} ({torch.get_num_threads()} threads), {mode}, {cfg.precision}{per_step}")
         _describe(cfg, members)
     tensors = _on_device(dataset, split.rows, device)
     labels = dataset.train_labels[split.rows]
     units = units_to_train(cfg)
     mine = units[ranks.rank::ranks.world] if by_folds else units
-    for unit in mine:
-        label = unit.label(len(members))
-        # a data-parallel net is skipped by every rank or by none: rank 0's view of the folder decides
-        done = unit.is_done(run_dir) if by_folds else distributed.share(unit.is_done(run_dir), ranks)
-        if done:
-            log.info(f"{label}: already finished, skipped")
-            continue
-        started = time.perf_counter()
+
+    def job(unit: Unit) -> stacked.Job:
         member = unit.config(members, cfg)
         data = _fold_data(tensors, split.member_fold_of[unit.member], unit.fold)
         if unit.round:
             selection = _student_selection(unit, units, split, run_dir, cfg, ranks, by_folds)
-            log.info(f"{label}: learns from {selection.describe()}")
+            log.info(f"{unit.label(len(members))}: learns from {selection.describe()}")
             data = pseudo.student_data(data, selection)
-        out = engine.train_net(member, data, unit.seed(member, cfg.folds),
-                               label, unit.dir(run_dir), device, ranks=distributed.ALONE if by_folds else ranks)
+        return stacked.Job(member, data, unit.seed(member, cfg.folds), unit.label(len(members)), unit.dir(run_dir))
+
+    for group in _groups(mine, job, cfg.nets_per_step, run_dir, ranks, by_folds, len(members)):
+        started = time.perf_counter()
+        if len(group) == 1:  # one net per step: engine.train_net, also for data-parallel ranks
+            one = group[0][1]
+            outs = [engine.train_net(one.cfg, one.data, one.seed, one.label, one.unit_dir, device,
+                                     ranks=distributed.ALONE if by_folds else ranks)]
+        else:
+            outs = stacked.train_group([one for _, one in group], device)
         if not (by_folds or ranks.is_main):
             continue  # a data-parallel net's files are rank 0's to write
-        seconds = time.perf_counter() - started
-        _save_unit(unit.dir(run_dir), out.history, seconds)
-        if unit.fold is not None:
-            log.info(f"{label}: val accuracy {_accuracy(out.val_probs, labels[unit.held_out(split)]):.4%} in {seconds:.0f}s")
-        else:
-            log.info(f"{label}: trained on all {len(labels)} rows in {seconds:.0f}s")
+        seconds = (time.perf_counter() - started) / len(group)  # a stacked net's share of its group's time
+        for (unit, one), out in zip(group, outs):
+            _save_unit(one.unit_dir, out.history, seconds, len(group))
+            if unit.fold is not None:
+                log.info(f"{one.label}: val accuracy {_accuracy(out.val_probs, labels[unit.held_out(split)]):.4%} in {seconds:.0f}s")
+            else:
+                log.info(f"{one.label}: trained on all {len(labels)} rows in {seconds:.0f}s")
     if by_folds:  # every rank waits for the others' nets, so the final barrier waits only for finish()
         _wait_for(units, run_dir, announce=ranks.is_main)
     if not ranks.is_main:
         return RunResult(run_dir, None, {})
     return finish(run_dir, cfg, labels, split, demo=dataset.demo)
+
+
+def _groups(units: list[Unit], job, nets_per_step: int, run_dir: Path, ranks: distributed.Ranks, by_folds: bool,
+            n_members: int):
+    """This process's unfinished nets as (unit, stacked.Job) groups that train together, round after round: a
+    round's students are chosen (job()) once the previous round is trained. One net per step makes each job
+    just before it trains (a student's data is the size of the training set)."""
+    for round_ in range(max((u.round for u in units), default=-1) + 1):
+        pending = []
+        for unit in (u for u in units if u.round == round_):
+            # a data-parallel net is skipped by every rank or by none: rank 0's view of the folder decides
+            done = unit.is_done(run_dir) if by_folds else distributed.share(unit.is_done(run_dir), ranks)
+            if done:
+                log.info(f"{unit.label(n_members)}: already finished, skipped")
+            elif nets_per_step == 1:
+                yield [(unit, job(unit))]
+            else:
+                pending.append((unit, job(unit)))
+        for indices in stacked.groups([one for _, one in pending], nets_per_step):
+            yield [pending[i] for i in indices]
 
 
 def _quiet(_: str) -> None:

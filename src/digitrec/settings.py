@@ -70,6 +70,8 @@ def coerce(key: str, value: Any, hint: Any, source: str) -> Any:
             return numbers
         if bool in allowed and text.lower() in TRUE + FALSE:
             return text.lower() in TRUE
+        if int in allowed and text.lstrip("+-").isdigit():  # nets_per_step=4 beside nets_per_step=auto
+            return int(text)
         if str in allowed:
             return value
         if not text:
