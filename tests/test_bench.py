@@ -120,9 +120,9 @@ def test_record_keeps_other_machines(tmp_path: Path) -> None:
 
 
 def test_settings_split_between_bench_and_config() -> None:
-    items = settings.parse_items(["quick=1", "BS=64", "record=1", "results=x.json", "threads=2"])
+    items = settings.parse_items(["quick=1", "BS=64", "record=1", "results=x.json", "threads=2", "stacks=5 10"])
     ours = settings.take(bench.BenchSettings, items)
-    assert ours == bench.BenchSettings(quick=True, record=True, results="x.json")
+    assert ours == bench.BenchSettings(quick=True, record=True, results="x.json", stacks=(5, 10))
     assert items == {"bs": "64", "threads": "2"}  # the config's, handed on
 
 
