@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Many nets per step on a GPU, measured in one go (docs/performance.md, "Many nets per step"):
-#   1. the bench: one net and 5 and 10 nets stacked, images/s over all nets;
-#   2. the default `make train` (5 folds, TTA on) with nets_per_step=auto (stacked) and with nets_per_step=1,
-#      each timed;
-#   3. McNemar of the two runs' OOF (`make compare`).
-# What it reports goes to OUT (default gpu-check/): machine.txt, bench.log (its last line is JSON), train-auto.log, train-1.log, compare.log, and the
-# two runs' metrics.json. Run it from the checkout:
-#   benchmarks/gpu_check.sh DATA=input/digit-recognizer.zip
-# A dry run of the same steps on the CPU, small:
-#   benchmarks/gpu_check.sh DATA=... DEVICE=cpu LIMIT=500 EPOCHS=1 QUICK=1 ARGS=tta=false
+# The GPU measurements of issues 29 and 30 in one prepared script, for a short lease on a GPU machine.
+#   STEPS=stacked  many nets per step (docs/performance.md, "Many nets per step"): the bench with one net and 5 and
+#                  10 nets stacked (images/s over all nets); the default `make train` (5 folds, TTA on) with
+#                  nets_per_step=auto and with nets_per_step=1, each timed; McNemar of their OOF (`compare`).
+#   STEPS=recipes  the GPU recipe (docs/results.md, "The GPU recipe"): trains each of RECIPES in turn until it has
+#                  finished, inside BUDGET seconds all told; a run cut off by the budget goes on in the next
+#                  sitting from the archive this one brings back (CARRIED=); once every recipe has finished, the
+#                  first is compared with each of the others (McNemar on the same 42000 rows).
+# Everything it reports goes to OUT (default gpu-check/), at most 8 files: report.log (every step's output, the
+# bench's JSON line and `wall seconds` lines included), metrics-<run>.json of each finished run, and
+# runs.tar.gz.part-* (the recipes' run folders without weights.pt and resume.pt, in parts of 15 MiB: a net cut off
+# mid-way starts again next sitting; finished nets keep their predictions, which is all the OOF and the submission
+# need). Run it from the checkout:
+#   benchmarks/gpu_check.sh DATA=input/digit-recognizer.zip STEPS=recipes BUDGET=540 CARRIED=<folder of the parts>
+# A dry run on the CPU, small:
+#   benchmarks/gpu_check.sh DATA=... DEVICE=cpu LIMIT=500 EPOCHS=1 QUICK=1 ARGS="tta=false folds=2"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for setting in "$@"; do export "${setting?}"; done
@@ -16,23 +22,69 @@ for setting in "$@"; do export "${setting?}"; done
 PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-gpu-check}
+STEPS=${STEPS:-stacked recipes}
+RECIPES=${RECIPES:-configs/best.yaml configs/cpu-best.yaml}
+BUDGET=${BUDGET:-540}
 mkdir -p "$OUT"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 small=(${LIMIT:+limit=$LIMIT} ${EPOCHS:+epochs=$EPOCHS} ${ARGS:-})
-runs=${DIGITREC_ROOT:-.}/runs
+root=${DIGITREC_ROOT:-.}
+report=$OUT/report.log
 stamp=$(date +%Y%m%d-%H%M%S)
 { date -u; "$PYTHON" -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")'; } \
-  | tee "$OUT/machine.txt"
+  | tee -a "$report"
 
-"$PYTHON" -m digitrec bench --config configs/default.yaml "data=$DATA" "device=$DEVICE" "stacks=5 10" \
-  ${QUICK:+quick=1} 2>&1 | tee "$OUT/bench.log"
+digitrec() { "$PYTHON" -m digitrec "$@" "data=$DATA" "device=$DEVICE" 2>&1 | tee -a "$report"; }
+newest() { ls -d "$root/runs/$1"-2* 2>/dev/null | tail -n 1; }  # run folders are named <name>-<date>-<time>
+finished() { [[ -n "$(newest "$1")" && -f "$(newest "$1")/metrics.json" ]]; }
 
-for nets in auto 1; do
-  SECONDS=0
-  "$PYTHON" -m digitrec train --config configs/default.yaml "data=$DATA" "device=$DEVICE" "name=gpu-$nets-$stamp" \
-    "nets_per_step=$nets" progress=false "${small[@]}" 2>&1 | tee "$OUT/train-$nets.log"
-  echo "wall seconds: $SECONDS" | tee -a "$OUT/train-$nets.log"
-  cp "$runs"/gpu-$nets-$stamp-*/metrics.json "$OUT/metrics-$nets.json"
-done
-"$PYTHON" -m digitrec compare "a=$(ls -d "$runs"/gpu-1-$stamp-*)" "b=$(ls -d "$runs"/gpu-auto-$stamp-*)" 2>&1 \
-  | tee "$OUT/compare.log"
+if [[ " $STEPS " == *" stacked "* ]]; then
+  digitrec bench --config configs/default.yaml "stacks=5 10" ${QUICK:+quick=1}
+  for nets in auto 1; do
+    SECONDS=0
+    digitrec train --config configs/default.yaml "name=gpu-$nets-$stamp" "nets_per_step=$nets" progress=false "${small[@]}"
+    echo "wall seconds, default nets_per_step=$nets: $SECONDS" | tee -a "$report"
+    cp "$(newest "gpu-$nets-$stamp")/metrics.json" "$OUT/metrics-$nets.json"
+  done
+  "$PYTHON" -m digitrec compare "a=$(newest "gpu-1-$stamp")" "b=$(newest "gpu-auto-$stamp")" 2>&1 | tee -a "$report"
+fi
+
+if [[ " $STEPS " == *" recipes "* ]]; then
+  if [[ -n "${CARRIED:-}" ]]; then
+    mkdir -p "$root/runs"
+    cat "$CARRIED"/runs.tar.gz.part-* | tar -xz -C "$root/runs"
+  fi
+  names=()
+  deadline=$((SECONDS + BUDGET))
+  for recipe in $RECIPES; do
+    name=$(basename "$recipe" .yaml)
+    names+=("$name")
+    left=$((deadline - SECONDS))
+    if finished "$name" || ((left < 60)); then continue; fi
+    start=$SECONDS
+    # the same command again resumes the newest unfinished run of the name; `timeout` cuts it at the budget
+    timeout --signal=TERM "$left" "$PYTHON" -m digitrec train --config "$recipe" "data=$DATA" "device=$DEVICE" \
+      progress=false "${small[@]}" 2>&1 | tee -a "$report" || true
+    echo "wall seconds, $name this sitting: $((SECONDS - start))" | tee -a "$report"
+  done
+  for name in "${names[@]}"; do
+    if finished "$name"; then cp "$(newest "$name")/metrics.json" "$OUT/metrics-$name.json"; fi
+  done
+  if finished "${names[0]}"; then
+    for other in "${names[@]:1}"; do
+      if finished "$other"; then
+        "$PYTHON" -m digitrec compare "a=$(newest "$other")" "b=$(newest "${names[0]}")" 2>&1 | tee -a "$report"
+      fi
+    done
+  fi
+  runs_now=()
+  for name in "${names[@]}"; do
+    if [[ -n "$(newest "$name")" ]]; then runs_now+=("$(basename "$(newest "$name")")"); fi
+  done
+  if ((${#runs_now[@]})); then
+    rm -f "$OUT"/runs.tar.gz.part-*
+    tar -cz -C "$root/runs" --exclude=weights.pt --exclude=resume.pt --exclude=.lock "${runs_now[@]}" \
+      | split -b 15M - "$OUT/runs.tar.gz.part-"
+    ls -l "$OUT" | tee -a "$report"
+  fi
+fi

@@ -72,7 +72,7 @@ def test_predict_rebuilds_the_ensemble_submission(ensemble_run, monkeypatch: pyt
 
 
 def test_member_configs_inherit_and_seed_apart() -> None:
-    cfg = config.load(ROOT / "configs" / "best.yaml", ["epochs=2", "seed=7"])
+    cfg = config.load(ROOT / "configs" / "cpu-best.yaml", ["epochs=2", "seed=7"])
     members = config.member_configs(cfg)
     assert [m.model for m in members] == ["gn_cnn", "gn_m5", "gn_m7"]
     assert [m.seed for m in members] == [7, 8, 9]  # member 0 trains what the plain config would

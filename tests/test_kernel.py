@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import json
 import os
 import shutil
@@ -39,6 +41,23 @@ def test_build_writes_the_metadata_and_one_script(workdir: Path, monkeypatch: py
         assert f"'digitrec/{module.name}'" in script
     assert "'epochs': 3," in script and "'batch_size': 64," in script
     assert "never-in-a-kernel" not in script
+
+
+def test_the_gpu_recipe_builds_into_a_kernel(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make kernel CONFIG=configs/best.yaml`: the script carries the whole recipe (every member, the refit,
+    stacking left to the kernel's GPUs), and ranks that train whole nets each."""
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    build = args()
+    build.config = str(ROOT / "configs" / "best.yaml")
+    commands.cmd_kernel(build)
+    tree = ast.parse((workdir / "kernel" / kernel.SCRIPT).read_text())
+    carried, = (ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and node.targets[0].id == "CONFIG")
+    recipe = config.load(ROOT / "configs" / "best.yaml")
+    assert config.load(None, carried) == dataclasses.replace(recipe, data=None, parallel="folds")
+    assert len(config.member_configs(recipe)) == 4 and recipe.refit and recipe.nets_per_step == "auto"
+    assert min(member.epochs for member in config.member_configs(recipe)) >= 40
 
 
 @pytest.mark.parametrize("accel, shape", [("NvidiaL4", "NvidiaL4"), ("nvidial4x1", "NvidiaL4X1"),

@@ -42,7 +42,7 @@ def _conv_stack_parameters(kernel: int, channels: list[int]) -> int:
     ("gn_m3", 32, 3, [32, 48, 64, 80, 96, 112, 128, 144, 160, 176], 8),  # An et al.'s M3
     ("gn_m5", 32, 5, [32, 64, 96, 128, 160], 8),  # M5
     ("gn_m7", 48, 7, [48, 96, 144, 192], 4),  # M7
-    ("gn_m5", 16, 5, [16, 32, 48, 64, 80], 8),  # the narrower nets of configs/best.yaml
+    ("gn_m5", 16, 5, [16, 32, 48, 64, 80], 8),  # the narrower nets of configs/cpu-best.yaml
     ("gn_m7", 24, 7, [24, 48, 72, 96], 4),
 ])
 def test_plain_conv_stacks_have_the_paper_layouts(name: str, width: int, kernel: int, channels: list[int],
