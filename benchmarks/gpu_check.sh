@@ -4,7 +4,8 @@
 #                  10 nets stacked (images/s over all nets); the default `make train` (5 folds, TTA on) with
 #                  nets_per_step=auto and with nets_per_step=1, each timed; McNemar of their OOF (`compare`).
 #   STEPS=recipes  the GPU recipe (docs/results.md, "The GPU recipe"): trains each of RECIPES in turn until it has
-#                  finished, inside BUDGET seconds all told; a run cut off by the budget goes on in the next
+#                  finished, in NPROC processes (default 2) that share the GPU, whole nets each (parallel=folds),
+#                  inside BUDGET seconds all told; a run cut off by the budget goes on in the next
 #                  sitting from the archive this one brings back (CARRIED=); once every recipe has finished, the
 #                  first is compared with each of the others (McNemar on the same 42000 rows).
 # Everything it reports goes to OUT (default gpu-check/), at most 8 files: report.log (every step's output, the
@@ -25,6 +26,7 @@ OUT=${OUT:-gpu-check}
 STEPS=${STEPS:-stacked recipes}
 RECIPES=${RECIPES:-configs/best.yaml configs/cpu-best.yaml}
 BUDGET=${BUDGET:-540}
+NPROC=${NPROC:-2}
 mkdir -p "$OUT"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 small=(${LIMIT:+limit=$LIMIT} ${EPOCHS:+epochs=$EPOCHS} ${ARGS:-})
@@ -63,8 +65,9 @@ if [[ " $STEPS " == *" recipes "* ]]; then
     if finished "$name" || ((left < 60)); then continue; fi
     start=$SECONDS
     # the same command again resumes the newest unfinished run of the name; `timeout` cuts it at the budget
-    timeout --signal=TERM "$left" "$PYTHON" -m digitrec train --config "$recipe" "data=$DATA" "device=$DEVICE" \
-      progress=false "${small[@]}" 2>&1 | tee -a "$report" || true
+    timeout --signal=TERM "$left" "$PYTHON" -m torch.distributed.run --standalone "--nproc-per-node=$NPROC" \
+      -m digitrec train --config "$recipe" "data=$DATA" "device=$DEVICE" parallel=folds progress=false \
+      "${small[@]}" 2>&1 | tee -a "$report" || true
     echo "wall seconds, $name this sitting: $((SECONDS - start))" | tee -a "$report"
   done
   for name in "${names[@]}"; do
