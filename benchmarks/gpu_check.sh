@@ -36,9 +36,11 @@ stamp=$(date +%Y%m%d-%H%M%S)
 { date -u; "$PYTHON" -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")'; } \
   | tee -a "$report"
 
-digitrec() { "$PYTHON" -m digitrec "$@" "data=$DATA" "device=$DEVICE" 2>&1 | tee -a "$report"; }
+# `digitrec COMMAND KEY=VALUE...` on DATA and DEVICE, its output added to the report; `launch` puts a launcher before it
+launch=("$PYTHON")
+digitrec() { "${launch[@]}" -m digitrec "$@" "data=$DATA" "device=$DEVICE" 2>&1 | tee -a "$report"; }
 newest() { ls -d "$root/runs/$1"-2* 2>/dev/null | tail -n 1; }  # run folders are named <name>-<date>-<time>
-finished() { [[ -n "$(newest "$1")" && -f "$(newest "$1")/metrics.json" ]]; }
+finished() { local run; run=$(newest "$1"); [[ -n "$run" && -f "$run/metrics.json" ]]; }
 
 if [[ " $STEPS " == *" stacked "* ]]; then
   digitrec bench --config configs/default.yaml "stacks=5 10" ${QUICK:+quick=1}
@@ -65,9 +67,9 @@ if [[ " $STEPS " == *" recipes "* ]]; then
     if finished "$name" || ((left < 60)); then continue; fi
     start=$SECONDS
     # the same command again resumes the newest unfinished run of the name; `timeout` cuts it at the budget
-    timeout --signal=TERM "$left" "$PYTHON" -m torch.distributed.run --standalone "--nproc-per-node=$NPROC" \
-      -m digitrec train --config "$recipe" "data=$DATA" "device=$DEVICE" parallel=folds progress=false \
-      "${small[@]}" 2>&1 | tee -a "$report" || true
+    launch=(timeout --signal=TERM "$left" "$PYTHON" -m torch.distributed.run --standalone "--nproc-per-node=$NPROC")
+    digitrec train --config "$recipe" parallel=folds progress=false "${small[@]}" || true
+    launch=("$PYTHON")
     echo "wall seconds, $name this sitting: $((SECONDS - start))" | tee -a "$report"
   done
   for name in "${names[@]}"; do
@@ -82,7 +84,8 @@ if [[ " $STEPS " == *" recipes "* ]]; then
   fi
   runs_now=()
   for name in "${names[@]}"; do
-    if [[ -n "$(newest "$name")" ]]; then runs_now+=("$(basename "$(newest "$name")")"); fi
+    run=$(newest "$name")
+    if [[ -n "$run" ]]; then runs_now+=("$(basename "$run")"); fi
   done
   if ((${#runs_now[@]})); then
     rm -f "$OUT"/runs.tar.gz.part-*

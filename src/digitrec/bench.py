@@ -460,7 +460,7 @@ def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan, stacks:
     unstackable = stacked.why_not_stacked(cfg)
     if unstackable:
         log.info(f"bench: no stacked timing: {cfg.model} nets train one per step here ({unstackable})")
-    for nets in () if unstackable else stacks or default_stacks(device, plan):
+    for nets in () if unstackable else (stacks or default_stacks(device, plan)):
         img_per_s = stage(f"training, {nets} nets stacked", lambda: stacked_throughput(
             cfg, images, labels, device, plan, nets))
         stacked_figures.update({f"stacked{nets}_img_per_s": img_per_s, f"stacked{nets}_speedup": img_per_s / ours})
