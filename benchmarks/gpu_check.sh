@@ -72,20 +72,19 @@ if [[ " $STEPS " == *" recipes "* ]]; then
     launch=("$PYTHON")
     echo "wall seconds, $name this sitting: $((SECONDS - start))" | tee -a "$report"
   done
-  for name in "${names[@]}"; do
-    if finished "$name"; then cp "$(newest "$name")/metrics.json" "$OUT/metrics-$name.json"; fi
-  done
-  if finished "${names[0]}"; then
-    for other in "${names[@]:1}"; do
-      if finished "$other"; then
-        "$PYTHON" -m digitrec compare "a=$(newest "$other")" "b=$(newest "${names[0]}")" 2>&1 | tee -a "$report"
-      fi
-    done
-  fi
+  # each recipe's newest run, looked up once now that this sitting's training is over ("" when it has none)
+  declare -A run_of=()
   runs_now=()
   for name in "${names[@]}"; do
-    run=$(newest "$name")
-    if [[ -n "$run" ]]; then runs_now+=("$(basename "$run")"); fi
+    run_of[$name]=$(newest "$name")
+    if [[ -n "${run_of[$name]}" ]]; then runs_now+=("$(basename "${run_of[$name]}")"); fi
+    if [[ -f "${run_of[$name]}/metrics.json" ]]; then cp "${run_of[$name]}/metrics.json" "$OUT/metrics-$name.json"; fi
+  done
+  first=${run_of[${names[0]}]}
+  for other in "${names[@]:1}"; do
+    if [[ -f "$first/metrics.json" && -f "${run_of[$other]}/metrics.json" ]]; then
+      "$PYTHON" -m digitrec compare "a=${run_of[$other]}" "b=$first" 2>&1 | tee -a "$report"
+    fi
   done
   if ((${#runs_now[@]})); then
     rm -f "$OUT"/runs.tar.gz.part-*
