@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, train_small_run
-from digitrec import cli, commands, config, engine, fileio, pipeline, runs
+from digitrec import cli, commands, config, engine, fileio, nets, pipeline, runs
 
 # member 0 predicts with TTA although the run says tta: false; member 1 follows the run
 MEMBERS = "[{width: 8, tta: true}, {width: 8}]"
@@ -42,7 +42,7 @@ def test_an_ensemble_run_from_before_bagged_folds_predicts(trained, tmp_path: Pa
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     _, _, result = trained
     cfg, run = _copy_run(trained, tmp_path)
-    split = pipeline.read_split(run, members=2)
+    split = nets.read_split(run, members=2)
     assert split.member_fold_of.shape == (2, 120)  # every member on the run's folds, as such runs trained
     assert (split.member_fold_of == split.fold_of).all()
     monkeypatch.chdir(tmp_path)

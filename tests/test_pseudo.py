@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import train_small_run
-from digitrec import config, engine, fileio, pipeline, pseudo
+from digitrec import config, engine, fileio, nets, pipeline, pseudo
 from digitrec.metrics import mcnemar
 from digitrec.models import build_model
 
@@ -29,7 +29,7 @@ def student_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_no_student_learns_from_a_net_that_saw_its_held_out_rows(student_run) -> None:
     cfg, result = student_run
     run = result.run_dir
-    split = pipeline.read_split(run, members=3)
+    split = nets.read_split(run, members=3)
     assert not np.array_equal(split.member_fold_of[0], split.member_fold_of[1])  # member 1 is bagged
     np.testing.assert_array_equal(split.member_fold_of[0], split.member_fold_of[2])
     students = 0
@@ -62,7 +62,7 @@ def test_no_student_learns_from_a_net_that_saw_its_held_out_rows(student_run) ->
 def test_bagged_oof_is_each_rows_average_of_out_of_fold_predictions(student_run) -> None:
     cfg, result = student_run
     run = result.run_dir
-    split = pipeline.read_split(run, members=3)
+    split = nets.read_split(run, members=3)
     member_oof = np.load(run / "member_oof_probs.npy")
     assert member_oof.shape == (3, 240, 10) and np.isfinite(member_oof).all()
     for j in range(3):

@@ -182,7 +182,7 @@ def _describe_submission(path: Path) -> str:
 
 
 def _sidecar(path: Path) -> dict:
-    """The JSON that pipeline.finish writes beside each submission (run, demo_data, oof_accuracy, sha256)."""
+    """The JSON that outcome.finish writes beside each submission (run, demo_data, oof_accuracy, sha256)."""
     return fileio.read_json_object(path.with_suffix(".json"))
 
 

@@ -6,12 +6,12 @@ own folds when it sets fold_seed: bagged folds), then (pseudo_rounds >= 1) a pse
 every such net, round after round (pseudo.py), then, with `refit: true`, every member of the last round
 again on all rows. OOF probabilities are the last round's members' average per row; the submission
 averages the refit members (or, without a refit, every fold's members). Resumable per net here
-(finished nets are skipped) and per epoch in the engine.
+(finished nets are skipped) and per epoch in the engine. Which nets a run trains is nets.py; the metrics and
+the submission it ends with, outcome.py. `make predict` is here too: the same nets again, from their weights.
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import time
 from dataclasses import dataclass
@@ -22,45 +22,13 @@ import torch
 
 from . import config as config_mod
 from . import data as data_mod
-from . import competition, distributed, engine, fileio, logs, pseudo, runs, stacked
+from . import distributed, engine, fileio, logs, pseudo, runs, stacked
 from .config import Config
 from .errors import UserError
-from .folds import make_folds, stratified_subset
-from .metrics import classification_metrics, mcnemar
-from .submission import make_submission, write_submission
+from .nets import Split, Unit, make_split, read_split, teachers_of, units_to_train
+from .outcome import RunResult, accuracy, finish
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    submission: Path | None
-    metrics: dict
-
-
-@dataclass(frozen=True)
-class Split:
-    """A run's rows and folds: `rows` index train.csv; fold_of[i] is the fold that holds row i out under
-    the run's fold seed; member_fold_of[j] is member j's own (the run's unless it sets fold_seed)."""
-
-    rows: np.ndarray
-    fold_of: np.ndarray
-    member_fold_of: np.ndarray  # (members, rows)
-
-
-def make_split(cfg: Config, labels: np.ndarray) -> Split:
-    """`labels` are all of train.csv's; the split's rows a stratified subset (limit) of them."""
-    rows = stratified_subset(labels, cfg.limit, cfg.seed)
-    folds_by_seed: dict[int, np.ndarray] = {}
-
-    def folds(seed: int) -> np.ndarray:
-        if seed not in folds_by_seed:
-            folds_by_seed[seed] = make_folds(labels[rows], cfg.folds, seed)
-        return folds_by_seed[seed]
-
-    members = config_mod.member_configs(cfg)
-    return Split(rows, folds(cfg.split_seed), np.stack([folds(m.split_seed) for m in members]))
 
 
 def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, Split]:
@@ -88,15 +56,6 @@ def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, Split]:
     return run_dir, split
 
 
-def read_split(run_dir: Path, members: int) -> Split:
-    """The run's folds.npz, for a run of `members` ensemble members."""
-    saved = np.load(run_dir / "folds.npz")
-    if "member_fold_of" in saved:
-        return Split(saved["rows"], saved["fold_of"], saved["member_fold_of"])
-    # runs from before bagged folds kept one fold_of, which every member shared
-    return Split(saved["rows"], saved["fold_of"], np.repeat(saved["fold_of"][None], members, axis=0))
-
-
 def _same_split(a: Split, b: Split) -> bool:
     return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("rows", "fold_of", "member_fold_of"))
 
@@ -117,70 +76,6 @@ def _fold_data(tensors: engine.FoldData, fold_of: np.ndarray, fold: int | None) 
                                val_idx=torch.from_numpy(np.flatnonzero(fold_of == fold)))
 
 
-# a student's seed is its teacher's plus this times its round, so no two nets of a run start alike
-STUDENT_SEED_STEP = 1_000_003
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One net of a run: ensemble member `member` trained on its fold `fold`'s training rows, or on all
-    rows (fold None: the refit); round r >= 1 is a pseudo-labelled student (pseudo.py)."""
-
-    fold: int | None
-    member: int
-    round: int = 0
-
-    def label(self, n_members: int) -> str:
-        where = f"fold {self.fold}" if self.fold is not None else "refit"
-        where = f"{where} member {self.member}" if n_members > 1 else where
-        return f"{where} student {self.round}" if self.round else where
-
-    def seed(self, member: Config, folds: int) -> int:
-        # the refit counts as fold number `folds`, so its nets start apart from every CV net
-        return member.seed * 1000 + (self.fold if self.fold is not None else folds) + STUDENT_SEED_STEP * self.round
-
-    def dir(self, run_dir: Path) -> Path:
-        return runs.unit_dir(run_dir, self.fold, self.member, self.round)
-
-    def config(self, members: list[Config], cfg: Config) -> Config:
-        """The settings this net trains with: its member's, a student's epochs pseudo_epochs when set."""
-        member = members[self.member]
-        if self.round and cfg.pseudo_epochs is not None:
-            return dataclasses.replace(member, epochs=cfg.pseudo_epochs)
-        return member
-
-    def is_done(self, run_dir: Path) -> bool:
-        return (self.dir(run_dir) / "done.json").is_file()
-
-    def held_out(self, split: Split) -> np.ndarray:
-        """The mask of the rows this net never trains on (none for the refit)."""
-        if self.fold is None:
-            return np.zeros(len(split.rows), dtype=bool)
-        return split.member_fold_of[self.member] == self.fold
-
-
-def folds_to_train(cfg: Config) -> list[int]:
-    return [cfg.fold] if cfg.fold is not None else list(range(cfg.folds))
-
-
-def units_to_train(cfg: Config, folds: list[int] | None = None, refit: bool | None = None) -> list[Unit]:
-    """Every member on every fold to train (or on `folds`), round after round (pseudo_rounds), then
-    (refit: true) every member of the last round on all rows."""
-    members = range(len(config_mod.member_configs(cfg)))
-    folds = folds_to_train(cfg) if folds is None else folds
-    cv = [Unit(k, j, r) for r in range(cfg.pseudo_rounds + 1) for k in folds for j in members]
-    refit = cfg.refit if refit is None else refit
-    return cv + ([Unit(None, j, cfg.pseudo_rounds) for j in members] if refit else [])
-
-
-def teachers_of(student: Unit, units: list[Unit], split: Split) -> list[Unit]:
-    """The nets that label a student's test rows: the previous round's CV nets among `units` that never
-    trained on a row the student holds out (pseudo.may_teach)."""
-    if student.round == 0:
-        return []
-    held_out = student.held_out(split)
-    return [u for u in units if u.round == student.round - 1 and u.fold is not None
-            and pseudo.may_teach(~u.held_out(split), held_out)]
 
 
 def _student_selection(student: Unit, units: list[Unit], split: Split, run_dir: Path, cfg: Config,
@@ -305,7 +200,7 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
         for (unit, one), out in zip(group, outs):
             _save_unit(one.unit_dir, out.history, seconds, len(group))
             if unit.fold is not None:
-                log.info(f"{one.label}: val accuracy {_accuracy(out.val_probs, labels[unit.held_out(split)]):.4%} in {seconds:.0f}s")
+                log.info(f"{one.label}: val accuracy {accuracy(out.val_probs, labels[unit.held_out(split)]):.4%} in {seconds:.0f}s")
             else:
                 log.info(f"{one.label}: trained on all {len(labels)} rows in {seconds:.0f}s")
     if by_folds:  # every rank waits for the others' nets, so the final barrier waits only for finish()
@@ -348,111 +243,6 @@ def _wait_for(units: list[Unit], run_dir: Path, announce: bool, poll_s: float = 
     while waiting:
         time.sleep(poll_s)
         waiting = [u for u in waiting if not u.is_done(run_dir)]
-
-
-def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float((probs.argmax(1) == labels).mean())
-
-
-def _member_oof(probs_root: Path, split: Split, done: list[int], n_members: int, round_: int) -> np.ndarray:
-    """(members, rows, 10): each row's prediction by each member's net that held it out (NaN where none did)."""
-    member_oof = np.full((n_members, len(split.rows), 10), np.nan, dtype=np.float32)
-    for k in done:
-        for j in range(n_members):
-            unit = Unit(k, j, round_)
-            member_oof[j, unit.held_out(split)] = np.load(unit.dir(probs_root) / "val_probs.npy")
-    return member_oof
-
-
-def _pseudo_record(run_dir: Path, probs_root: Path, units: list[Unit], n_members: int) -> list[dict]:
-    """Per student: its teachers, how many test rows it learnt from, and how often its own test labels
-    differ from its teachers' (pseudo.npz against its test_probs.npy)."""
-    record = []
-    for unit in units:
-        selection, teachers = pseudo.load(unit.dir(run_dir) / "pseudo.npz")
-        record.append({"net": unit.label(n_members), "round": unit.round, "teacher_nets": teachers,
-                       **pseudo.agreement(np.load(unit.dir(probs_root) / "test_probs.npy"), selection)})
-    return record
-
-
-def finish(run_dir: Path, cfg: Config, labels: np.ndarray, split: Split, demo: bool,
-           prediction: Path | None = None) -> RunResult:
-    """From the finished nets' probabilities: OOF probabilities (each row the average of the last round's
-    members, each from the net that held the row out), metrics.json, and the submission (the refit
-    members' average when the refit is finished, else the average of every fold's members). With
-    pseudo-labels the metrics also hold every round's OOF and the paired test of the last round against
-    the first. `prediction`: a `make predict` folder inside the run, where the nets' probabilities were
-    written and the run's outputs go (default: the run's own, as training wrote them)."""
-    probs_root = prediction or run_dir
-    n_members = len(config_mod.member_configs(cfg))
-    last = cfg.pseudo_rounds
-    done = [k for k in range(cfg.folds) if all(Unit(k, j, last).is_done(run_dir) for j in range(n_members))]
-    if not done:
-        raise UserError(f"{run_dir}: no finished fold to build a submission from")
-    member_oof = _member_oof(probs_root, split, done, n_members, last)
-    oof = member_oof.mean(0)
-    covered = np.isfinite(oof).all(1)  # rows every member has held out in a finished fold
-    # the ensemble's OOF on the rows of the run's fold k; with bagged folds (a member's own fold_seed) no net
-    # held out exactly those rows, so each net's own accuracy on the rows it held out is reported too
-    per_fold = {str(k): _accuracy(oof[covered & (split.fold_of == k)], labels[covered & (split.fold_of == k)])
-                for k in done}
-    per_net = [{str(k): _accuracy(member_oof[j][Unit(k, j).held_out(split)], labels[Unit(k, j).held_out(split)])
-                for k in done} for j in range(n_members)]
-    metrics = {"folds_done": done, "folds_total": cfg.folds, "fold_accuracy": per_fold, "net_accuracy": per_net,
-               "oof": classification_metrics(labels[covered], oof[covered]), "demo_data": demo}
-    if n_members > 1:  # each member alone, and the ensemble as members are added in order
-        metrics["members"] = [
-            {"settings": cfg.members[j], "oof_accuracy": _accuracy(member_oof[j][covered], labels[covered]),
-             "ensemble_of_first_oof_accuracy": _accuracy(member_oof[: j + 1].mean(0)[covered], labels[covered])}
-            for j in range(n_members)]
-    if last:
-        teachers = _member_oof(probs_root, split, done, n_members, 0).mean(0)[covered]
-        metrics["rounds"] = [{"round": r, "oof_accuracy": _accuracy(
-            _member_oof(probs_root, split, done, n_members, r).mean(0)[covered], labels[covered])} for r in range(last + 1)]
-        metrics["students_vs_teachers"] = mcnemar(labels[covered], teachers, oof[covered])
-        students = [u for u in units_to_train(cfg, folds=done) if u.round and u.is_done(run_dir)]
-        metrics["pseudo"] = _pseudo_record(run_dir, probs_root, students, n_members)
-
-    cv_test = np.stack([np.load(Unit(k, j, last).dir(probs_root) / "test_probs.npy")
-                        for k in done for j in range(n_members)])
-    refit_units = [Unit(None, j, last) for j in range(n_members)]
-    refit_done = cfg.refit and all(u.is_done(run_dir) for u in refit_units)
-    test = np.stack([np.load(u.dir(probs_root) / "test_probs.npy") for u in refit_units]) if refit_done else cv_test
-    metrics["submission_from"] = f"refit: {n_members} net(s) on all rows" if refit_done else \
-        f"cv: {len(cv_test)} fold net(s)"
-    if refit_done:  # how often the refit ensemble and the CV fold ensemble pick the same test label
-        metrics["refit_agrees_with_cv"] = float((test.mean(0).argmax(1) == cv_test.mean(0).argmax(1)).mean())
-    fileio.write_npy(probs_root / "member_oof_probs.npy", member_oof)
-    fileio.write_npy(probs_root / "oof_probs.npy", oof)
-    fileio.write_npy(probs_root / "test_probs.npy", test)
-
-    submissions = runs.submissions_root(cfg)
-    name = run_dir.name + (f".{prediction.name}" if prediction else "")
-    sub_path = submissions / f"{name}{'.DEMO' if demo else ''}.csv"
-    sha = write_submission(make_submission(test), sub_path, expected_rows=test.shape[1])
-    fileio.write_json(sub_path.with_suffix(".json"), {
-        "run": str(run_dir), "prediction": str(prediction) if prediction else None, "tta": config_mod.nets_tta(cfg),
-        "created": _now(), "demo_data": demo, "folds": done, "oof_accuracy": metrics["oof"]["accuracy"],
-        "submission_from": metrics["submission_from"], "sha256": sha})
-    working = competition.kaggle_working()
-    if working is not None:  # a Kaggle kernel's output is /kaggle/working/submission.csv
-        fileio.write_bytes(working / "submission.csv", sub_path.read_bytes())
-    metrics["submission"] = str(sub_path)
-    fileio.write_json(probs_root / "metrics.json", metrics)
-    oof_acc = metrics["oof"]["accuracy"]
-    for j, member in enumerate(metrics.get("members", [])):
-        log.info(f"member {j}: OOF {member['oof_accuracy']:.4%}; members 0..{j} averaged {member['ensemble_of_first_oof_accuracy']:.4%}")
-    for r in metrics.get("rounds", []):
-        log.info(f"round {r['round']} ({'teachers' if r['round'] == 0 else 'students'}): OOF {r['oof_accuracy']:.4%}")
-    if last:
-        paired = metrics["students_vs_teachers"]
-        log.info(f"students vs teachers: {paired['b_errors']} against {paired['a_errors']} errors; "
-                 f"{paired['only_b_right']} rows only the students got right, {paired['only_a_right']} only the "
-                 f"teachers (McNemar p = {paired['p_value']:.3g})")
-    log.info(f"OOF CV accuracy {oof_acc:.4%} over {metrics['oof']['rows']} rows ({len(done)}/{cfg.folds} folds"
-             f"{f', {n_members} members' if n_members > 1 else ''}), log-loss {metrics['oof']['log_loss']:.4f}; "
-             f"submission from the {metrics['submission_from']}")
-    return RunResult(run_dir, sub_path, metrics)
 
 
 @dataclass
@@ -511,8 +301,3 @@ def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) ->
         return finish(run_dir, cfg, saved.labels, saved.split, demo=saved.dataset.demo, prediction=out)
     finally:
         runs.unlock(run_dir)
-
-
-def _now() -> str:
-    """A submission's creation time, as `make submit` orders them (UTC, ISO 8601, to the microsecond)."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
