@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from digitrec import bench, cli, settings
+from digitrec import bench, cli, hardware, settings
 
 FIGURES = ("train_img_per_s", "conventional_img_per_s", "speedup", "flop_limit_fraction", "gemm_gflop_s",
            "train_mflop_per_img", "predict_s_per_fold", "predict_img_per_s", "ensemble_s", "ensemble_img_per_s",
@@ -130,9 +130,9 @@ def test_one_cpu_model_with_and_without_bf16_is_two_machines(monkeypatch) -> Non
     # "AMD EPYC" comes both with AVX512-BF16 and AVX2 only; their figures must not be compared with each other
     cpu = torch.device("cpu")
     monkeypatch.setattr(bench, "cpu_name", lambda: "AMD EPYC")
-    monkeypatch.setattr(bench.engine, "native_bf16", lambda device: True)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: True)
     with_bf16 = bench.machine_id(cpu, 2)
-    monkeypatch.setattr(bench.engine, "native_bf16", lambda device: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert (with_bf16, bench.machine_id(cpu, 2)) == ("cpu: AMD EPYC (AVX512-BF16), 2 threads",
                                                     "cpu: AMD EPYC (AVX2), 2 threads")

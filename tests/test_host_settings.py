@@ -1,4 +1,4 @@
-"""The process-wide CPU settings every command applies (engine.use_host_settings)."""
+"""The process-wide CPU settings every command applies (hardware.use_host_settings)."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +9,7 @@ import torch
 
 from conftest import SRC
 from digitrec.config import Config
-from digitrec.engine import use_host_settings
+from digitrec.hardware import use_host_settings
 
 DENORMAL = 1e-40  # below float32's smallest normal number, 1.18e-38
 
@@ -18,7 +18,7 @@ DENORMAL = 1e-40  # below float32's smallest normal number, 1.18e-38
 ON_EVERY_THREAD = """
 import torch
 from digitrec.config import Config
-from digitrec.engine import use_host_settings
+from digitrec.hardware import use_host_settings
 use_host_settings(Config(threads=2, flush_denormal=True))
 denormals = torch.full((4_000_000,), 1000, dtype=torch.int32).view(torch.float32)
 print(int(denormals.mul(1.0).count_nonzero()))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from digitrec import config, engine, fileio
+from digitrec import config, engine, fileio, hardware
 from digitrec.errors import UserError
 
 CPU = torch.device("cpu")
@@ -17,15 +17,15 @@ CPU = torch.device("cpu")
 
 def test_the_precision_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     gpu = torch.device("cuda")
-    engine.native_bf16.cache_clear()
-    monkeypatch.setattr(engine, "native_bf16", lambda device: device.type == "cuda" and bf16_gpu)
+    hardware.native_bf16.cache_clear()
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: device.type == "cuda" and bf16_gpu)
     bf16_gpu = True
-    assert engine.precision(gpu, True) == "bf16"  # Ampere and later
+    assert hardware.precision(gpu, True) == "bf16"  # Ampere and later
     bf16_gpu = False
-    assert engine.precision(gpu, True) == "fp16"  # a T4: fp16 with the GradScaler
-    assert engine.precision(CPU, True) == "fp32"  # a CPU without native bf16
-    assert engine.precision(gpu, False) == "fp32" and engine.precision(CPU, "fp16") == "fp16"
-    assert engine.precision(CPU, "bf16") == "bf16"
+    assert hardware.precision(gpu, True) == "fp16"  # a T4: fp16 with the GradScaler
+    assert hardware.precision(CPU, True) == "fp32"  # a CPU without native bf16
+    assert hardware.precision(gpu, False) == "fp32" and hardware.precision(CPU, "fp16") == "fp16"
+    assert hardware.precision(CPU, "bf16") == "bf16"
 
 
 def test_amp_takes_true_false_bf16_or_fp16() -> None:
@@ -45,15 +45,15 @@ def p100(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_an_unsupported_gpu_is_one_line_for_device_cuda(p100) -> None:
     with pytest.raises(UserError) as info:
-        engine.select_device("cuda")
+        hardware.select_device("cuda")
     message = str(info.value)
     assert "\n" not in message and message.startswith("device=cuda: GPU Tesla P100-PCIE-16GB (compute capability 6.0, sm_60)")
     assert f"torch {torch.__version__}" in message and "ACCEL=NvidiaTeslaT4" in message
 
 
 def test_device_auto_falls_back_to_the_cpu(p100, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="digitrec.engine"):
-        assert engine.select_device("auto") == CPU
+    with caplog.at_level(logging.WARNING, logger="digitrec.hardware"):
+        assert hardware.select_device("auto") == CPU
     assert "sm_60" in caplog.text and "device=auto trains on the CPU instead" in caplog.text
 
 
@@ -65,7 +65,7 @@ def test_device_auto_falls_back_to_the_cpu(p100, caplog: pytest.LogCaptureFixtur
     ((9, 0), ["sm_80", "sm_86"], False),
 ])
 def test_runs_on(capability, arch_list, runs) -> None:
-    assert engine.runs_on(capability, arch_list) is runs
+    assert hardware.runs_on(capability, arch_list) is runs
 
 
 def _fp16(**more) -> config.Config:

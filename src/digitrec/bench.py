@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from . import config as config_mod
 from . import data as data_mod
-from . import commands, engine, fileio, logs, stacked
+from . import commands, engine, fileio, hardware, logs, stacked
 from .config import Config
 from .cost import cpu_name
 from .errors import UserError
@@ -116,7 +116,7 @@ def machine_id(device: torch.device, threads: int) -> str:
     where training runs in bf16, and AVX2 only, where it runs in fp32 at about a third of the speed."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    vector_unit = "AVX512-BF16" if engine.native_bf16(device) else torch.backends.cpu.get_cpu_capability()
+    vector_unit = "AVX512-BF16" if hardware.native_bf16(device) else torch.backends.cpu.get_cpu_capability()
     return f"cpu: {cpu_name()} ({vector_unit}), {threads} threads"
 
 
@@ -222,7 +222,7 @@ def conventional_throughput(cfg: Config, images: np.ndarray, labels: np.ndarray,
             for _ in range(cfg.accum):
                 x, y = next(batches)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with engine.autocast(device, precision):
+                with hardware.autocast(device, precision):
                     logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 (loss / cfg.accum).backward()
@@ -428,8 +428,8 @@ def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan, stacks:
     """Every measurement, in an order that keeps them apart: the memory run first (a child process,
     nothing else running), then data, the GEMM, training (one net, then stacked nets), the conventional path,
     prediction."""
-    engine.use_host_settings(cfg)
-    device = engine.select_device(cfg.device)
+    hardware.use_host_settings(cfg)
+    device = hardware.select_device(cfg.device)
     threads = torch.get_num_threads()
     source = commands.find_or_fetch_data(cfg.data)
     if source.demo:
@@ -449,7 +449,7 @@ def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan, stacks:
     rss = stage("peak memory of a training process", lambda: peak_rss_gib(config_path, overrides, source, plan))
     csv_cold, csv_cached = stage("data loading", lambda: data_timings(source, plan))
     gemm = stage("GEMM", lambda: gemm_flop_s(device, plan.gemm_n, plan.repeats))
-    compute = engine.precision(device, cfg.amp)
+    compute = hardware.precision(device, cfg.amp)
     mixed = compute != "fp32"
     half = torch.bfloat16 if compute == "bf16" else torch.float16
     gemm_mixed = stage(f"{compute} GEMM", lambda: gemm_flop_s(device, plan.gemm_n, plan.repeats, half)) if mixed else gemm

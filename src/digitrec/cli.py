@@ -24,10 +24,10 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from . import commands, distributed, engine, pipeline
+    from . import commands, distributed, hardware, pipeline
 
     cfg = _config(args)
-    engine.use_host_settings(cfg)  # before the demo set's torch ops start torch's threads (pipeline.train repeats it)
+    hardware.use_host_settings(cfg)  # before the demo set's torch ops start torch's threads (pipeline.train repeats it)
     # under torchrun only rank 0 downloads or writes the demo set; the others read it after the barrier
     cfg = commands.with_data(cfg, fetch=distributed.launched().is_main)
     result = pipeline.train(cfg)

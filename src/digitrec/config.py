@@ -72,7 +72,7 @@ class Config:
     timeout_minutes: float = 10.0  # a collective that waits longer on a lost peer fails instead of hanging
     # --- hardware
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # mixed precision: true follows the hardware (engine.precision: bf16 where native, fp16 + GradScaler on GPUs
+    # mixed precision: true follows the hardware (hardware.precision: bf16 where native, fp16 + GradScaler on GPUs
     # without bf16 such as the T4, fp32 on other CPUs); false is fp32; bf16 or fp16 asks for that one
     amp: bool | str = True
     precision: str | None = None  # set by the run: the precision it computed in (bf16, fp16 or fp32), recorded

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import config as config_mod
-from . import engine
+from . import engine, hardware
 from .config import Config
 from .errors import UserError
 from .models import count_parameters
@@ -116,14 +116,14 @@ def measure_latency(model: nn.Module, device: torch.device, batch_sizes: tuple[i
     from torch.utils import benchmark
 
     model.eval()
-    compute = engine.precision(device, amp)
+    compute = hardware.precision(device, amp)
     power = power_of(device, settings)
     rows = []
     for batch in batch_sizes:
         images = torch.randint(0, 256, (batch, 28, 28), dtype=torch.uint8, device=device)
 
         def once() -> None:
-            with engine.autocast(device, compute):
+            with hardware.autocast(device, compute):
                 model(engine.to_input(images, channels_last)).float().softmax(1)
 
         timer = benchmark.Timer("once()", globals={"once": once}, num_threads=torch.get_num_threads())

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import config as config_mod
-from . import engine, fileio, logs, pipeline, plots, runs
+from . import engine, fileio, hardware, logs, pipeline, plots, runs
 from . import settings as settings_mod
 from .config import Config
 from .cost import CostSettings, ensemble_cost, model_cost
@@ -62,7 +62,7 @@ def evaluate_run(folder: Path, settings: CostSettings) -> dict:
     cfg, record, dataset, rows = saved.cfg, saved.record, saved.dataset, saved.rows
     metrics = fileio.read_json(folder / "metrics.json")
     done = metrics["folds_done"]
-    device = engine.select_device(cfg.device)
+    device = hardware.select_device(cfg.device)
 
     weights = runs.unit_dir(run_dir, done[0], 0) / "weights.pt"
     model = load_fold_model(run_dir, cfg, done[0], device)

@@ -22,7 +22,7 @@ import torch
 
 from . import config as config_mod
 from . import data as data_mod
-from . import distributed, engine, fileio, logs, pseudo, runs, stacked
+from . import distributed, engine, fileio, hardware, logs, pseudo, runs, stacked
 from .config import Config
 from .errors import UserError
 from .nets import Split, Unit, make_split, read_split, teachers_of, units_to_train
@@ -124,16 +124,16 @@ def train(cfg: Config) -> RunResult:
     """Train every net of the run, then build its metrics and submission. Under torchrun (WORLD_SIZE > 1)
     every rank calls this; rank 0 returns the result, the others a RunResult without a submission."""
     logs.setup()
-    engine.use_host_settings(cfg)
+    hardware.use_host_settings(cfg)
     ranks = distributed.launched()
     # the processes that share each net's batch, recorded in config.yaml: the LR rule and the resume check see it
     cfg = dataclasses.replace(cfg, world_size=ranks.world if cfg.parallel == "data" else 1)
     # device=auto is decided once (a GPU this torch cannot run on means the CPU), then each rank takes its GPU;
     # settings, then data, are checked before anything is written
-    kind = engine.select_device("auto").type if cfg.device == "auto" else cfg.device
+    kind = hardware.select_device("auto").type if cfg.device == "auto" else cfg.device
     device = engine.preflight(cfg, distributed.device_for(kind, ranks, cfg.parallel))
     # recorded in config.yaml: what amp and nets_per_step=auto meant on this machine
-    cfg = dataclasses.replace(cfg, precision=engine.precision(device, cfg.amp), nets_per_step=stacked.resolve(cfg, device))
+    cfg = dataclasses.replace(cfg, precision=hardware.precision(device, cfg.amp), nets_per_step=stacked.resolve(cfg, device))
     ranks = distributed.start(device, cfg.timeout_minutes, cfg.parallel)
     try:
         with distributed.peers_watched(ranks):
@@ -267,7 +267,7 @@ class SavedRun:
 def open_run(run_dir: Path, overrides: dict | None = None) -> SavedRun:
     """Read a run folder back, checking that the data found now is the data it was trained on."""
     cfg = config_mod.load(run_dir / "config.yaml", overrides)
-    engine.use_host_settings(cfg)  # predict and evaluate run on the run's threads
+    hardware.use_host_settings(cfg)  # predict and evaluate run on the run's threads
     record = fileio.read_json(run_dir / "data.json")
     dataset = data_mod.load_data(cfg.data, announce=log.info)
     if dataset.content_hash != record["content_hash"]:
@@ -287,7 +287,7 @@ def predict(run: str | None, runs_dir: str = "runs", tta: bool | None = None) ->
     try:
         out = runs.prediction_dir(run_dir, config_mod.nets_tta(cfg))
         fileio.write_text(out / "config.yaml", cfg.to_yaml())
-        device = engine.select_device(cfg.device)
+        device = hardware.select_device(cfg.device)
         tensors = _on_device(saved.dataset, saved.rows, device)
         members = config_mod.member_configs(cfg)
         for unit in units_to_train(cfg, folds=list(range(cfg.folds)), refit=True):  # every net that may exist

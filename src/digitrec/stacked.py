@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import engine, fileio
+from . import engine, fileio, hardware
 from .augment import random_affine
 from .config import NOT_TRAINING, Config
 
@@ -174,7 +174,7 @@ class StackedTrainer:
                         for group in param_groups_weight_decay(one, cfg.weight_decay)]
         self.optimizer, self.scheduler = engine.make_optimizer(param_groups, cfg, self.schedule)
         self.ema = ModelEmaV3(self.stacked, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
-        self.scaler = torch.amp.GradScaler(device.type) if engine.precision(device, cfg.amp) == "fp16" else None
+        self.scaler = torch.amp.GradScaler(device.type) if hardware.precision(device, cfg.amp) == "fp16" else None
         self.step = 0
 
     def train(self) -> None:
@@ -193,7 +193,7 @@ class StackedTrainer:
         stacked parameters' .grad; engine.train_step's maths per net. Returns each net's summed loss and number
         of correct predictions, (K,) device tensors."""
         cfg, device, k = self.cfg, self.device, self.k
-        compute = engine.precision(device, cfg.amp)
+        compute = hardware.precision(device, cfg.amp)
         loss_sum = torch.zeros(k, device=device)
         correct = torch.zeros(k, device=device, dtype=torch.long)
         # the accumulation scaling, per net: one over its window's real size
@@ -212,7 +212,7 @@ class StackedTrainer:
             x = engine.to_input(images.flatten(0, 1), cfg.channels_last)
             if augment:
                 x = random_affine(x, cfg.rotate, cfg.scale, cfg.shift, cfg.elastic)
-            with engine.autocast(device, compute):
+            with hardware.autocast(device, compute):
                 logits = self.forward(x.unflatten(0, idx.shape))
             per_row = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(0, 1), reduction="none",
                                       label_smoothing=cfg.label_smoothing).view(idx.shape)

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import config as config_mod
-from . import commands, engine, fileio, logs, pipeline, plots, runs
+from . import commands, engine, fileio, hardware, logs, pipeline, plots, runs
 from .competition import in_project
 from .config import Config
 from .cost import CostSettings, energy, model_cost
@@ -187,7 +187,7 @@ def measure(point: Point, cfg: Config, run_dir: Path, cost_settings: CostSetting
     histories = [fileio.read_json(runs.unit_dir(run_dir, k, 0) / "history.json") for k in done]
     train_s = sum(epoch["seconds"] for h in histories for epoch in h)
     curve = np.mean([[epoch["val_acc"] for epoch in h] for h in histories], axis=0)  # mean over folds
-    device = engine.select_device(cfg.device)
+    device = hardware.select_device(cfg.device)
     model = load_fold_model(run_dir, cfg, done[0], device)
     cost = model_cost(model, device, tuple(dict.fromkeys((1, point.batch_size))), cost_settings, cfg)
     single, own = cost["latency"][0], cost["latency"][-1]
@@ -241,7 +241,7 @@ def announce_plan(points: list[Point], configs: list[Config], pending: list[bool
     base = configs[0]
     rows = base.limit or 42000
     n_train = rows - rows // base.folds
-    device = engine.select_device(base.device)
+    device = hardware.select_device(base.device)
     cache: dict[tuple, float] = {}  # the seeds of a point take the same time
     total = 0.0
     for cfg, todo in zip(configs, pending):
@@ -422,7 +422,7 @@ def write_outputs(rows: list[dict], study: StudySettings, base: Config, out: Pat
 def command(args) -> None:
     logs.setup()
     study, cost, base = parse(args)
-    engine.use_host_settings(base)  # before any torch op; also for points whose training is skipped (latency)
+    hardware.use_host_settings(base)  # before any torch op; also for points whose training is skipped (latency)
     base = commands.with_data(base)  # as `make train`: local data, else a download, else the demo set
     # a fixed default folder, so the same command finds its finished points again
     out = in_project(study.out) if study.out else runs.runs_root(base) / f"sweep-{study.study}-{base.model.replace(':', '_')}"
