@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import ROOT, clean_env, run_cli, train_small_run
 from digitrec import config, engine, fileio, stacked
@@ -123,10 +124,42 @@ def test_stacked_steps_are_each_nets_own_steps(data) -> None:
     assert fresh.step == 2
 
 
+class _ConvDtypes(TorchDispatchMode):
+    """The dtypes every convolution of a step ran in, forward and backward, as the dispatcher receives them
+    (under vmap: the grouped convolution that runs the stacked nets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, torch.dtype]] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name.startswith("convolution"):
+            self.seen.add((name, args[0].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_stacked_nets_compute_in_the_precision_the_run_records(data, precision: str, dtype: torch.dtype) -> None:
+    cfg = config.apply({"amp": precision}, _cfg(), "the test")
+    windows = [torch.arange(0, 8), torch.arange(8, 16)]
+    single = engine.make_trainer(cfg, CPU, len(data.train_idx))
+    single.model.train()
+    with _ConvDtypes() as alone:
+        single.update(windows[0], data)
+    group = stacked.StackedTrainer(cfg, SEEDS[:2], CPU, len(data.train_idx))
+    group.train()
+    with _ConvDtypes() as together:
+        group.update(windows, [data, data])
+    expected = {("convolution", dtype), ("convolution_backward", dtype)}
+    assert alone.seen == expected and together.seen == expected
+    assert all(p.dtype == torch.float32 for p in group.stacked.parameters())  # the weights stay fp32
+
+
 def _job(cfg: config.Config, data: engine.FoldData, unit_dir: Path, rows: int = 40, soft: bool = False) -> stacked.Job:
     labels = F.one_hot(data.labels, 10).float() if soft else data.labels
-    return stacked.Job(cfg, engine.FoldData(data.images, labels, torch.arange(rows), torch.arange(0), data.test_images),
-                       1, "net", unit_dir)
+    fold = engine.FoldData(data.images, labels, torch.arange(rows), torch.arange(0), data.test_images)
+    return stacked.Job(cfg, 1, "net", unit_dir, rows, soft, lambda: fold)
 
 
 def test_the_nets_that_may_stack_are_grouped(data, tmp_path: Path) -> None:
@@ -154,8 +187,21 @@ def test_nets_per_step_is_auto_a_number_or_refused() -> None:
     assert stacked.resolve(config.load(None), gpu) == stacked.AUTO_ON_CUDA
     assert stacked.resolve(config.load(None, ["nets_per_step=3"]), cpu) == 3
     assert stacked.resolve(config.load(None, {"nets_per_step": 3, "world_size": 2}), gpu) == 1  # DDP shards
-    with pytest.raises(UserError, match="^nets_per_step must be auto or a whole number >= 1, got '0'$"):
+    with pytest.raises(UserError, match="^setting 'nets_per_step' in the command line must be auto or a whole "
+                                        "number >= 1, got '0'$"):
         config.load(None, ["nets_per_step=0"])
+
+
+def test_nets_per_step_is_refused_in_one_wording_from_a_file_and_a_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "stack.yaml"
+    path.write_text("nets_per_step: 1.5\n")
+    wording = "must be auto or a whole number >= 1, got '1.5'$"
+    with pytest.raises(UserError, match=f"^setting 'nets_per_step' in {path} {wording}"):
+        config.load(path)
+    with pytest.raises(UserError, match=f"^setting 'nets_per_step' in the command line {wording}"):
+        config.load(None, ["nets_per_step=1.5"])
+    path.write_text("nets_per_step: 4\n")
+    assert config.load(path).nets_per_step == 4 and config.load(None, ["nets_per_step=AUTO"]).nets_per_step == "auto"
     assert config.same_training(config.load(None, ["nets_per_step=1"]), config.load(None, ["nets_per_step=5"]))
 
 
@@ -171,7 +217,7 @@ def test_a_stacked_run_writes_what_an_unstacked_one_does(demo_dir: Path, tmp_pat
         f"fold{k}/m0": ["done.json", "history.json", "test_probs.npy", "val_probs.npy", "weights.pt"] for k in range(2)}
     assert config.load(together.run_dir / "config.yaml").nets_per_step == 2
     assert config.load(alone.run_dir / "config.yaml").nets_per_step == 1  # auto on the CPU
-    assert fileio.read_json(together.run_dir / "fold1" / "m0" / "done.json")["nets_per_step"] == 2
+    assert fileio.read_json(together.run_dir / "fold1" / "m0" / "done.json")["nets_per_step"] == [2, 2]
     rows = fileio.read_json(together.run_dir / "data.json")["test_rows"]
     read_submission(together.submission, expected_rows=rows)
     assert together.metrics["oof"]["rows"] == alone.metrics["oof"]["rows"] == 120

@@ -353,8 +353,7 @@ def train_net(cfg: Config, data: FoldData, seed: int, label: str, unit_dir: Path
         sum_(correct, ranks)
         record, line = epoch_record(trainer.final, data, cfg, device, label, epoch, loss_sum.item(), correct.item(),
                                     n_train, trainer.optimizer.param_groups[0]["lr"])
-        record["seconds"] = time.perf_counter() - started
-        history.append(record)
+        history.append(sitting_record(record, time.perf_counter() - started, 1, resumed=epoch == start_epoch > 0))
         rng = gather(rng_state(order, device), ranks)  # every rank's generators, kept by rank 0
         if ranks.is_main:
             log.info(f"{line}  {record['seconds']:.1f}s")
@@ -383,6 +382,15 @@ def epoch_record(final: nn.Module, data: FoldData, cfg: Config, device: torch.de
         line += f"  val loss {val_loss:.4f} acc {val_acc:.2%}"
     record["lr"] = lr
     return record, f"{line}  lr {lr:.2e}"
+
+
+def sitting_record(record: dict, seconds: float, nets_per_step: int, resumed: bool) -> dict:
+    """An epoch's record with how it was trained, for the net's done.json: its seconds (a stacked net's share of its
+    group's), the nets in its step, and whether it began a sitting that went on from a resume point."""
+    record.update(seconds=seconds, nets_per_step=nets_per_step)
+    if resumed:
+        record["resumed"] = True
+    return record
 
 
 def finish_net(final: nn.Module, data: FoldData, cfg: Config, device: torch.device, unit_dir: Path, label: str,

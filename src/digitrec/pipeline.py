@@ -12,6 +12,7 @@ the submission it ends with, outcome.py. `make predict` is here too: the same ne
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -97,13 +98,20 @@ def _student_selection(student: Unit, units: list[Unit], split: Split, run_dir: 
     return pseudo.load(path)[0]
 
 
-def _save_unit(unit_dir: Path, history: list[dict], seconds: float, nets_per_step: int) -> None:
+def _save_unit(unit_dir: Path, history: list[dict], epochs_before: int, sitting_s: float) -> float:
     """A trained net's history, then done.json (the net is finished: its weights and predictions are
-    written by then; seconds: its share of the time of the nets it stepped with), and its resume point is no
-    longer needed."""
+    written by then), and its resume point is no longer needed. done.json describes the whole net, over every
+    sitting a kill split it into: its seconds (every epoch's, from the history, plus what this last sitting spent
+    beyond its epochs: set-up and prediction; a stacked net's share of its group's), and how each epoch was
+    trained (nets_per_step: the nets in its step, one per epoch). Returns the seconds."""
+    epoch_s = [record.get("seconds", 0.0) for record in history]
+    seconds = sum(epoch_s) + max(0.0, sitting_s - sum(epoch_s[epochs_before:]))
     fileio.write_json(unit_dir / "history.json", history)
-    fileio.write_json(unit_dir / "done.json", {"seconds": seconds, "epochs": len(history), "nets_per_step": nets_per_step})
+    fileio.write_json(unit_dir / "done.json", {
+        "seconds": seconds, "epochs": len(history), "sittings": 1 + sum(1 for r in history if r.get("resumed")),
+        "nets_per_step": [record.get("nets_per_step", 1) for record in history]})
     (unit_dir / "resume.pt").unlink(missing_ok=True)
+    return seconds
 
 
 def _describe(cfg: Config, members: list[Config]) -> None:
@@ -178,27 +186,32 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
     mine = units[ranks.rank::ranks.world] if by_folds else units
 
     def job(unit: Unit) -> stacked.Job:
+        """The net's job; a student's selection is made here (small), its data only when it trains (large)."""
         member = unit.config(members, cfg)
         data = _fold_data(tensors, split.member_fold_of[unit.member], unit.fold)
+        make_data, rows, soft = (lambda: data), len(data.train_idx), data.labels.ndim == 2
         if unit.round:
             selection = _student_selection(unit, units, split, run_dir, cfg, ranks, by_folds)
             log.info(f"{unit.label(len(members))}: learns from {selection.describe()}")
-            data = pseudo.student_data(data, selection)
-        return stacked.Job(member, data, unit.seed(member, cfg.folds), unit.label(len(members)), unit.dir(run_dir))
+            make_data = functools.partial(pseudo.student_data, data, selection)
+            rows, soft = rows + len(selection.rows), selection.targets.ndim == 2
+        return stacked.Job(member, unit.seed(member, cfg.folds), unit.label(len(members)), unit.dir(run_dir), rows,
+                           soft, make_data)
 
     for group in _groups(mine, job, cfg.nets_per_step, run_dir, ranks, by_folds, len(members)):
         started = time.perf_counter()
+        epochs_before = [engine.resume_epoch(one.unit_dir) for _, one in group]
         if len(group) == 1:  # one net per step: engine.train_net, also for data-parallel ranks
             one = group[0][1]
-            outs = [engine.train_net(one.cfg, one.data, one.seed, one.label, one.unit_dir, device,
+            outs = [engine.train_net(one.cfg, one.make_data(), one.seed, one.label, one.unit_dir, device,
                                      ranks=distributed.ALONE if by_folds else ranks)]
         else:
             outs = stacked.train_group([one for _, one in group], device)
         if not (by_folds or ranks.is_main):
             continue  # a data-parallel net's files are rank 0's to write
-        seconds = (time.perf_counter() - started) / len(group)  # a stacked net's share of its group's time
-        for (unit, one), out in zip(group, outs):
-            _save_unit(one.unit_dir, out.history, seconds, len(group))
+        sitting = (time.perf_counter() - started) / len(group)  # a stacked net's share of its group's time
+        for (unit, one), out, before in zip(group, outs, epochs_before):
+            seconds = _save_unit(one.unit_dir, out.history, before, sitting)
             if unit.fold is not None:
                 log.info(f"{one.label}: val accuracy {accuracy(out.val_probs, labels[unit.held_out(split)]):.4%} in {seconds:.0f}s")
             else:
@@ -213,8 +226,8 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
 def _groups(units: list[Unit], job, nets_per_step: int, run_dir: Path, ranks: distributed.Ranks, by_folds: bool,
             n_members: int):
     """This process's unfinished nets as (unit, stacked.Job) groups that train together, round after round: a
-    round's students are chosen (job()) once the previous round is trained. One net per step makes each job
-    just before it trains (a student's data is the size of the training set)."""
+    round's students are chosen (job()) once the previous round is trained; each job's data is built when its
+    group trains."""
     for round_ in range(max((u.round for u in units), default=-1) + 1):
         pending = []
         for unit in (u for u in units if u.round == round_):

@@ -30,10 +30,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from . import engine, fileio, hardware
@@ -77,13 +79,17 @@ def resolve(cfg: Config, device: torch.device) -> int:
 
 @dataclass
 class Job:
-    """One net to train: its settings, data, seed, name in logs, and folder (engine.train_net's arguments)."""
+    """One net to train: its settings, seed, name in logs and folder (engine.train_net's arguments), what it trains
+    on as group_key needs it, and its data, built only when it trains: a pseudo-labelled student's is the size of
+    the training set, so memory grows with the nets of a group, not with the students of a round."""
 
     cfg: Config
-    data: engine.FoldData
     seed: int
     label: str
     unit_dir: Path
+    rows: int  # training rows an epoch
+    soft_labels: bool  # target distributions (a student's soft targets), not class indices
+    make_data: Callable[[], engine.FoldData]
 
 
 def group_key(job: Job) -> str | None:
@@ -93,8 +99,8 @@ def group_key(job: Job) -> str | None:
     if why_not_stacked(job.cfg) is not None:
         return None
     settings = {k: v for k, v in job.cfg.to_dict().items() if k not in ("seed", "fold_seed", "tta", *NOT_TRAINING)}
-    steps = engine.Schedule(len(job.data.train_idx), job.cfg).steps_per_epoch
-    return json.dumps([settings, steps, job.data.labels.ndim, engine.resume_epoch(job.unit_dir)], sort_keys=True)
+    steps = engine.Schedule(job.rows, job.cfg).steps_per_epoch
+    return json.dumps([settings, steps, job.soft_labels, engine.resume_epoch(job.unit_dir)], sort_keys=True)
 
 
 def groups(jobs: list[Job], nets_per_step: int) -> list[list[int]]:
@@ -143,6 +149,36 @@ def _optimizer_stack(states: list[dict]) -> dict:
     return {"state": per_param, "param_groups": first["param_groups"]}
 
 
+# ---------------------------------------------------------------- the precision of a stacked step
+
+# the ops autocast computes in bf16 or fp16 (its lower-precision list): the convolutions and matmuls
+LOWER_PRECISION_OPS = frozenset({torch.conv1d, torch.conv2d, torch.conv3d, F.linear, torch.matmul, torch.mm,
+                                 torch.bmm, torch.addmm, torch.baddbmm})
+
+
+class LowerPrecision(TorchFunctionMode):
+    """Autocast's rule for its lower-precision ops, applied at the Python call: their floating-point tensors are
+    cast to bf16 or fp16 (the rest of the net keeps the dtypes that follow). Under torch.func.vmap a convolution
+    reaches the dispatcher as aten::convolution, which the CPU's autocast does not list (it lists conv2d), so a
+    stacked step would compute its convolutions in fp32 while the run records bf16; with this mode they run in
+    the recorded precision on every device (tests/test_precision.py checks the dtypes the ops ran in). Casts
+    are differentiable: the gradients reach the fp32 parameters in fp32, as under autocast."""
+
+    def __init__(self, precision_name: str):
+        super().__init__()
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision_name)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.dtype is not None and func in LOWER_PRECISION_OPS:
+            args = tuple(self._cast(a) for a in args)
+            kwargs = {key: self._cast(value) for key, value in kwargs.items()}
+        return func(*args, **kwargs)
+
+    def _cast(self, value):
+        return value.to(self.dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
 # ---------------------------------------------------------------- the group's trainer
 
 
@@ -174,15 +210,18 @@ class StackedTrainer:
                         for group in param_groups_weight_decay(one, cfg.weight_decay)]
         self.optimizer, self.scheduler = engine.make_optimizer(param_groups, cfg, self.schedule)
         self.ema = ModelEmaV3(self.stacked, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
-        self.scaler = torch.amp.GradScaler(device.type) if hardware.precision(device, cfg.amp) == "fp16" else None
+        self.compute = hardware.precision(device, cfg.amp)
+        self.scaler = torch.amp.GradScaler(device.type) if self.compute == "fp16" else None
         self.step = 0
 
     def train(self) -> None:
         self.template.train()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(K, B, 1, 28, 28) images, net k's in x[k] -> (K, B, 10) logits."""
-        return torch.func.vmap(self._one_net, randomness="different")(dict(self.stacked.named_parameters()), x)
+        """(K, B, 1, 28, 28) images, net k's in x[k] -> (K, B, 10) logits, computed in the run's precision as one
+        net's are (LowerPrecision)."""
+        with hardware.autocast(self.device, self.compute), LowerPrecision(self.compute):
+            return torch.func.vmap(self._one_net, randomness="different")(dict(self.stacked.named_parameters()), x)
 
     def _one_net(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(self.template, params, (x,))
@@ -193,7 +232,6 @@ class StackedTrainer:
         stacked parameters' .grad; engine.train_step's maths per net. Returns each net's summed loss and number
         of correct predictions, (K,) device tensors."""
         cfg, device, k = self.cfg, self.device, self.k
-        compute = hardware.precision(device, cfg.amp)
         loss_sum = torch.zeros(k, device=device)
         correct = torch.zeros(k, device=device, dtype=torch.long)
         # the accumulation scaling, per net: one over its window's real size
@@ -212,8 +250,7 @@ class StackedTrainer:
             x = engine.to_input(images.flatten(0, 1), cfg.channels_last)
             if augment:
                 x = random_affine(x, cfg.rotate, cfg.scale, cfg.shift, cfg.elastic)
-            with hardware.autocast(device, compute):
-                logits = self.forward(x.unflatten(0, idx.shape))
+            logits = self.forward(x.unflatten(0, idx.shape))
             per_row = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(0, 1), reduction="none",
                                       label_smoothing=cfg.label_smoothing).view(idx.shape)
             loss = (per_row * weight).sum()
@@ -278,7 +315,7 @@ def train_group(jobs: list[Job], device: torch.device) -> list[engine.FoldOutput
     """Train the jobs' nets together (alike by group_key), each resuming from and writing its own files as
     engine.train_net does; each epoch's seconds in a net's history are its share of the group's."""
     cfg, k = jobs[0].cfg, len(jobs)
-    datas = [job.data for job in jobs]
+    datas = [job.make_data() for job in jobs]
     trainer = StackedTrainer(cfg, [job.seed for job in jobs], device, len(datas[0].train_idx))
     orders = [torch.Generator().manual_seed(job.seed) for job in jobs]  # each net's batch order, as alone
     start_epoch, histories = 0, [[] for _ in jobs]
@@ -306,16 +343,16 @@ def train_group(jobs: list[Job], device: torch.device) -> list[engine.FoldOutput
         lr = trainer.optimizer.param_groups[0]["lr"]
         lines = []
         for net, job in enumerate(jobs):
-            record, line = engine.epoch_record(trainer.net(net), job.data, job.cfg, device, job.label, epoch,
+            record, line = engine.epoch_record(trainer.net(net), datas[net], job.cfg, device, job.label, epoch,
                                                loss_sum[net].item(), int(correct[net]), sum(map(len, windows[net])), lr)
             histories[net].append(record)
             lines.append(line)
         seconds = (time.perf_counter() - started) / k
         for net, job in enumerate(jobs):
-            histories[net][-1]["seconds"] = seconds
+            engine.sitting_record(histories[net][-1], seconds, k, resumed=epoch == start_epoch > 0)
             log.info(f"{lines[net]}  {seconds:.1f}s ({k} nets in {k * seconds:.1f}s)")
             fileio.write_torch(job.unit_dir / "resume.pt", {
                 "epoch": epoch + 1, **trainer.net_state(net), "rng": [engine.rng_state(orders[net], device)],
                 "history": histories[net]})
-    return [engine.finish_net(trainer.net(net), job.data, job.cfg, device, job.unit_dir, job.label, histories[net])
+    return [engine.finish_net(trainer.net(net), datas[net], job.cfg, device, job.unit_dir, job.label, histories[net])
             for net, job in enumerate(jobs)]
