@@ -83,7 +83,8 @@ def test_evaluate_a_run(workdir: Path, demo_dir: Path, monkeypatch: pytest.Monke
     assert set(report["summary"]) == {"size", "params", "flops", "latency", "accuracy", "CO2eq"}
     table = (workdir / run / "evaluation.md").read_text()
     assert "| size on disk | params |" in table and "20 W" in table and "814,090" in result.stdout
-    for png in ("confusion.png", "mistakes.png"):
+    assert "![learning curves](curves.png)" in table and report["curves"] == "curves.png"
+    for png in ("confusion.png", "mistakes.png", "curves.png"):
         assert (workdir / run / png).read_bytes().startswith(PNG)
 
     wrong = run_cli(["evaluate", "power=3"], workdir)

@@ -14,7 +14,8 @@ from digitrec.errors import UserError
 
 CONFIG = str(ROOT / "configs" / "default.yaml")
 PNG = b"\x89PNG\r\n\x1a\n"
-FOUR = ["train_time.png", "latency.png", "accuracy.png", "energy.png", "accuracy_per_epoch.png"]
+BATCH_PNGS = ["train_time.png", "latency.png", "accuracy.png", "energy.png", "accuracy_per_epoch.png"]
+ACCUM_PNGS = ["train_time.png", "latency.png", "energy.png", "accuracy_per_epoch.png", "accum_vs_true.png"]
 
 
 def _parse(*overrides: str):
@@ -90,6 +91,56 @@ def test_verdicts_weigh_each_difference_against_the_seed_noise() -> None:
         "- b128x8 vs its micro-batch alone (b128): 98.00% vs 99.00%, -1.00 points: one seed, no noise estimate (give SEEDS=)"]
 
 
+def _norm_study_rows() -> pd.DataFrame:
+    """A norm study's sweep.csv, the columns the figures read: 128, 128 x 8 and 1024, both norms, both LR arms
+    (the fixed arm at 128 is the rule's run, so it has no point there), two seeds."""
+    rows = []
+    for seed in (42, 43):
+        for norm in ("group", "batch"):
+            for arm in ("rule", "fixed"):
+                for bs, accum in ((128, 1), (1024, 1), (128, 8)):
+                    if arm == "fixed" and bs * accum == 128:
+                        continue
+                    point = studies.Point("", bs, accum, norm, arm, seed)
+                    group = f"b{bs}" + (f"x{accum}" if accum > 1 else "") + ("-bn" if norm == "batch" else "") + \
+                        ("-fixed" if arm == "fixed" else "")
+                    rows.append({"point": f"{group}-s{seed}", "group": group, "series": point.series, "kind": point.kind,
+                                 "norm": norm, "arm": arm, "seed": seed, "batch_size": bs, "accum": accum,
+                                 "effective_batch": bs * accum, "epochs": 2, "holdout_rows": 8400,
+                                 "accuracy": 0.993 + 0.0005 * (seed - 42) + 0.001 * (accum == 1) * (bs == 128),
+                                 "val_acc_per_epoch": "0.9700 0.9930",
+                                 **{k: 100.0 + seed for k in studies.MEASURED if k != "accuracy"}})
+    return pd.DataFrame(rows).sort_values("effective_batch", kind="stable")
+
+
+def test_the_accumulation_figure_takes_its_settings_and_seeds_from_the_rows() -> None:
+    from digitrec import plots
+
+    frame = _norm_study_rows()
+    panels = plots.setting_panels(frame, "accuracy", 100, band_half=0.15)
+    assert [p.title for p in panels] == ["GroupNorm", "BatchNorm"]
+    group = panels[0]
+    assert group.categories == ["batch 128", "128 x 8\naccumulated", "true batch\n1024"]
+    assert list(group.arms) == ["our LR rule", "the write-ups' fixed LR"]
+    rule, fixed = group.arms.values()
+    assert rule == [pytest.approx([99.4, 99.45]), pytest.approx([99.3, 99.35]), pytest.approx([99.3, 99.35])]
+    assert fixed[0] == [] and fixed[1] == pytest.approx([99.3, 99.35])  # no fixed point at 128: it is the rule's run
+    assert group.band == pytest.approx((99.425 - 0.15, 99.425 + 0.15))  # around batch 128's mean
+
+
+def test_a_study_is_drawn_again_from_its_csv(tmp_path: Path) -> None:
+    fileio.write_text(tmp_path / "sweep.csv", _norm_study_rows().to_csv(index=False))
+    fileio.write_text(tmp_path / "sweep.md", "# Sweep: STUDY=norm\n\nSettings: model gn_cnn width 16, 2 epochs.\n")
+    assert studies.redraw(tmp_path) == [name.removesuffix(".png") for name in ACCUM_PNGS]
+    for png in ACCUM_PNGS:
+        assert (tmp_path / png).read_bytes().startswith(PNG) and (tmp_path / png).stat().st_size < 200_000, png
+    with pytest.raises(UserError, match="no sweep.csv to draw from"):
+        studies.redraw(tmp_path / "elsewhere")
+    one_seed = _norm_study_rows().query("seed == 42")  # no seed spread, so no noise band
+    fileio.write_text(tmp_path / "sweep.csv", one_seed.to_csv(index=False))
+    assert studies.redraw(tmp_path) == [name.removesuffix(".png") for name in ACCUM_PNGS]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["study=size"], "STUDY must be batch, accum, norm"),
     (["study=batch", "bs=64"], "belong to STUDY=accum or norm"),
@@ -126,7 +177,7 @@ def test_batch_sweep_writes_every_output_and_a_rerun_skips_finished_points(workd
     assert (frame["train_s"] > 0).all() and (frame["latency_b1_us"] > 0).all() and (frame["train_energy_wh"] > 0).all()
     table = (out / "sweep.md").read_text()
     assert "| b8 | 8 x 1 |" in table and "2 epochs, a stratified subset of 200 rows, fold 0 of 2" in table
-    for png in FOUR:
+    for png in BATCH_PNGS:
         assert (out / png).read_bytes().startswith(PNG), png
 
     runs_before = sorted(p.name for p in (out / "runs").iterdir())
@@ -152,7 +203,7 @@ def test_accum_sweep_sets_accumulation_beside_the_true_batch(workdir: Path, demo
     frame = pd.read_csv(workdir / "sweep" / "sweep.csv")
     assert list(frame["point"]) == ["b16", "b8x2"] and list(frame["effective_batch"]) == [16, 16]
     assert list(frame["kind"]) == ["batch", "accum"]
-    for png in [*FOUR, "accum_vs_true.png"]:
+    for png in ACCUM_PNGS:
         assert (workdir / "sweep" / png).read_bytes().startswith(PNG), png
 
 

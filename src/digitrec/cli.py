@@ -24,7 +24,7 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from . import commands, distributed, hardware, pipeline
+    from . import commands, distributed, evaluation, hardware, pipeline
 
     cfg = _config(args)
     hardware.use_host_settings(cfg)  # before the demo set's torch ops start torch's threads (pipeline.train repeats it)
@@ -32,6 +32,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = commands.with_data(cfg, fetch=distributed.launched().is_main)
     result = pipeline.train(cfg)
     if result.submission is not None:  # under torchrun, rank 0's
+        evaluation.curves_after_training(result.run_dir)
         print(f"submission: {result.submission}")
 
 

@@ -2,14 +2,17 @@
 whether one run is more accurate than another, by McNemar's paired test on the rows they disagree on.
 
 Accuracy is the out-of-fold CV accuracy, overall and per class, with the confusion matrix and the most
-confident mistakes drawn as PNGs. The cost (size on disk of the fold's weights.pt, parameters, FLOPs,
-latency, energy and CO2eq per inference) is measured by cost.py, as the sweep (studies.py) measures its
-points.
+confident mistakes drawn as PNGs, and every net's learning curves (curves.png, also drawn at the end of
+`make train`; of a run still training or interrupted, what it has so far). The cost (size on disk of the
+fold's weights.pt, parameters, FLOPs, latency, energy and CO2eq per inference) is measured by cost.py, as
+the sweep (studies.py) measures its points.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,13 @@ from .config import Config
 from .cost import CostSettings, ensemble_cost, model_cost
 from .errors import UserError
 from .metrics import mcnemar
+
+log = logging.getLogger(__name__)
+
+
+def model_name(cfg: Config) -> str:
+    """The model as the figures name it: its width too where it has one (not an MLP or a timm model)."""
+    return cfg.model if cfg.model.startswith(("mlp", "timm:")) else f"{cfg.model} width {cfg.width}"
 
 
 def load_fold_model(run_dir: Path, cfg: Config, fold: int, device: torch.device) -> nn.Module:
@@ -55,9 +65,11 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def evaluate_run(folder: Path, settings: CostSettings) -> dict:
     """evaluation.json, evaluation.md, confusion.png and mistakes.png in `folder`, a run or a `make predict`
-    folder inside one (its predictions, the run's nets); returns the JSON."""
-    _need_finished(folder)
+    folder inside one (its predictions, the run's nets), and the run's curves.png; returns the JSON. An
+    unfinished run gets its curves.png of what it has trained, then the error that says it is unfinished."""
     run_dir = runs.run_of(folder)
+    curves = draw_curves(run_dir)
+    _need_finished(folder, f"{curves.describe()}; {curves.path} shows them so far")
     saved = pipeline.open_run(run_dir, {"device": settings.device} if settings.device else None)
     cfg, record, dataset, rows = saved.cfg, saved.record, saved.dataset, saved.rows
     metrics = fileio.read_json(folder / "metrics.json")
@@ -78,6 +90,7 @@ def evaluate_run(folder: Path, settings: CostSettings) -> dict:
     result["summary"] = {"size": human(result["size_bytes"], "B"), "params": result["params"],
                          "flops": result["flops_per_image"], "latency": human(first["latency_s"], "s"),
                          "accuracy": f"{result['accuracy']:.1%}", "CO2eq": human(first["co2eq_g"], "gCO2eq")}
+    result["curves"] = os.path.relpath(curves.path, folder)  # ../curves.png from a predict folder
     fileio.write_json(folder / "evaluation.json", result)
 
     title = f"{_name(folder)}: OOF accuracy {result['accuracy']:.2%} over {result['oof_rows']} rows"
@@ -130,7 +143,8 @@ def report(result: dict) -> str:
         f"## Method\n\nSize: the weights file on disk ({result['tensor_bytes']:,} bytes of tensors). FLOPs: counted "
         f"by torch.utils.flop_counter on one image, 2 per multiply-add. Energy: {method['formula']}; power "
         f"{method['power_w']:g} W, {method['power_source']}; grid {method['grid_g_per_kwh']:g} gCO2eq/kWh "
-        f"(set grid_g_per_kwh=).\n\n![confusion matrix](confusion.png)\n\n![worst mistakes](mistakes.png)\n")
+        f"(set grid_g_per_kwh=).\n\n![confusion matrix](confusion.png)\n\n![worst mistakes](mistakes.png)\n\n"
+        f"![learning curves]({result['curves']})\n")
 
 
 def command(args) -> None:
@@ -143,6 +157,64 @@ def command(args) -> None:
     evaluate_run(runs.resolve_run(args.run, args.runs_dir), settings)
 
 
+# ---------------------------------------------------------------- learning curves
+
+
+@dataclass
+class Curves:
+    """What a run has trained so far: each net's history that has one, of the `total` nets the run trains;
+    `path`: the curves.png drawn of them."""
+
+    nets: list[plots.NetCurve]
+    total: int
+    path: Path
+
+    def describe(self) -> str:
+        finished = sum(net.finished for net in self.nets)
+        training = len(self.nets) - finished
+        return f"{finished} of {self.total} nets finished" + (f", {training} in training" if training else "")
+
+
+def net_history(net_dir: Path) -> tuple[list[dict], bool] | None:
+    """A net's epochs so far and whether it is finished: history.json once it is, else the history in its
+    resume point; None before its first epoch ends."""
+    finished = net_dir / "history.json"
+    if not finished.is_file() and (net_dir / "resume.pt").is_file():
+        try:
+            return fileio.read_torch(net_dir / "resume.pt")["history"], False
+        except UserError:
+            if not finished.is_file():  # else the net finished while it was read, and resume.pt went
+                raise
+    return (fileio.read_json(finished), True) if finished.is_file() else None
+
+
+def draw_curves(run_dir: Path) -> Curves:
+    """run_dir/curves.png of every net of the run that has finished an epoch (pipeline.units_to_train: each
+    member on each fold, pseudo-label rounds, refit)."""
+    cfg = config_mod.load(run_dir / "config.yaml")
+    units = pipeline.units_to_train(cfg)
+    nets = []
+    for unit in units:
+        found = net_history(unit.dir(run_dir))
+        if found is not None:
+            nets.append(plots.NetCurve(unit.member, unit.round, unit.fold, *found))
+    members = config_mod.member_configs(cfg)
+    names = [f"member {j}: {model_name(m)}" if len(members) > 1 else model_name(m) for j, m in enumerate(members)]
+    curves = Curves(nets, len(units), run_dir / "curves.png")
+    finished = all(net.finished for net in nets) and len(nets) == len(units)
+    title = f"{run_dir.name}: learning curves" + ("" if finished else f" (incomplete: {curves.describe()})")
+    plots.curves_png(nets, names, curves.path, title)
+    return curves
+
+
+def curves_after_training(run_dir: Path) -> None:
+    """curves.png at the end of `make train`: a figure that cannot be drawn is one warning, never a failed run."""
+    try:
+        log.info(f"learning curves: {draw_curves(run_dir).path}")
+    except Exception as e:  # the run is trained and saved whatever happens to its figure
+        log.warning(f"curves.png not drawn: {type(e).__name__}: {e}")
+
+
 # ---------------------------------------------------------------- two runs, paired
 
 
@@ -152,10 +224,10 @@ class CompareSettings:
     b: str | None = None  # the change, trained on the same rows
 
 
-def _need_finished(folder: Path) -> None:
+def _need_finished(folder: Path, progress: str = "") -> None:
     if not runs.is_complete(folder):
         redo = "rerun its `make predict`" if runs.run_of(folder) != folder else "rerun its `make train` to complete it"
-        raise UserError(f"{folder}: not finished (no metrics.json); {redo}")
+        raise UserError(f"{folder}: not finished (no metrics.json{f'; {progress}' if progress else ''}); {redo}")
 
 
 def _name(folder: Path) -> str:

@@ -21,12 +21,14 @@ sweep times a few steps of every distinct point and prints its estimate of the w
 point it prints points and epochs done and the time left. When a point is done, its row (times,
 accuracy curve, final accuracy, latency, energy, measured by evaluation.py) goes to
 OUT/points/<point>.json: a rerun skips such points, and Ctrl-C loses at most the epoch in progress.
-Then OUT gets sweep.csv, sweep.md and the plots; the settings used are written in all three.
+Then OUT gets sweep.csv, sweep.md and the plots; the settings used are written in all three. The plots
+are drawn from sweep.csv, and ARGS=redraw=1 draws them again from OUT's sweep.csv, training nothing.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,7 @@ from .competition import in_project
 from .config import Config
 from .cost import CostSettings, energy, model_cost
 from .errors import UserError
-from .evaluation import human, load_fold_model, markdown_table
+from .evaluation import human, load_fold_model, markdown_table, model_name
 from .models import NORMALISED
 from .settings import ALIASES, parse_items, take
 
@@ -64,6 +66,7 @@ class StudySettings:
     seeds: tuple[int, ...] | None = None  # every point once per seed; None: the config's seed
     fold: str = "0"  # the fold each point trains, or "all" for full cross-validation
     out: str | None = None  # None: runs/sweep-<study>-<model>
+    redraw: bool = False  # draw OUT's PNGs again from its sweep.csv; trains nothing
 
     @property
     def arm_list(self) -> list[str]:
@@ -300,7 +303,7 @@ def settings_note(study: StudySettings, base: Config, rows: list[dict]) -> str:
     first = rows[0]
     folds = "all folds (OOF CV)" if study.fold == "all" else f"fold {study.fold} of {base.folds} (holdout)"
     subset = f"a stratified subset of {first['rows']} rows" if base.limit else f"all {first['rows']} rows"
-    model = base.model if base.model.startswith(("mlp", "timm:")) else f"{base.model} width {base.width}"
+    model = model_name(base)
     recipe = (f"augmentation +-{base.rotate:g} deg, +-{base.scale:g} zoom, +-{base.shift:g} shift"
               if base.rotate or base.scale or base.shift else "no augmentation")
     recipe += f", EMA {'on' if base.ema else 'off'}, label smoothing {base.label_smoothing:g}"
@@ -331,13 +334,22 @@ def by_group(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def seed_sd(groups: pd.DataFrame) -> float:
+    """The seed-to-seed standard deviation of accuracy pooled over every point of the study (one pair of
+    seeds says little; a dozen pairs say more); NaN with one seed per point."""
+    return float(np.sqrt(groups["variance"].mean())) if groups["variance"].notna().any() else np.nan
+
+
+def noise_bound(sd: float, n1: int, n2: int) -> float:
+    """Twice the standard error of the difference of two means of n1 and n2 seeds: sd x sqrt(1/n1 + 1/n2)."""
+    return 2 * sd * np.sqrt(1 / n1 + 1 / n2)
+
+
 def accumulation_verdicts(groups: pd.DataFrame) -> list[str]:
     """Each accumulated point against its micro-batch trained alone and against the true batch of the
     same effective size (same norm and LR arm): the difference of the seeds' means, called noise unless
-    it exceeds twice its standard error. That error comes from the seed-to-seed standard deviation
-    pooled over every point of the study (one pair of seeds says little; a dozen pairs say more):
-    sd x sqrt(1/n1 + 1/n2)."""
-    pooled = np.sqrt(groups["variance"].mean()) if groups["variance"].notna().any() else np.nan
+    it exceeds the noise bound (seed_sd, noise_bound)."""
+    pooled = seed_sd(groups)
     lines = []
     for _, acc in groups[groups["accum"] > 1].iterrows():
         same = groups[(groups["norm"] == acc["norm"]) & (groups["accum"] == 1)]
@@ -353,48 +365,47 @@ def accumulation_verdicts(groups: pd.DataFrame) -> list[str]:
             if np.isnan(pooled):
                 lines.append(line + ": one seed, no noise estimate (give SEEDS=)")
                 continue
-            noise = 2 * pooled * np.sqrt(1 / acc["seeds"] + 1 / other["seeds"])
+            noise = noise_bound(pooled, acc["seeds"], other["seeds"])
             verdict = "within noise" if abs(diff) <= noise else "higher" if diff > 0 else "lower"
             lines.append(f"{line}: **{verdict}** (noise: 2 standard errors = {100 * noise:.2f} points, from "
                          f"the seed-to-seed sd {100 * pooled:.2f} points pooled over the study)")
     return lines
 
 
+def read_rows(out: Path) -> pd.DataFrame:
+    """A study's sweep.csv; an accuracy curve is text even when it has one epoch."""
+    return pd.read_csv(out / "sweep.csv", dtype={"val_acc_per_epoch": str})
+
+
+def draw_figures(frame: pd.DataFrame, note: str, out: Path) -> list[str]:
+    """The study's PNGs in `out` from its rows (sweep.csv), the accuracy of accumulation against the verdicts'
+    noise bound; returns their names."""
+    groups = by_group(frame)
+    sd, seeds = seed_sd(groups), int(groups["seeds"].min())
+    why = (f"2 standard errors of a difference of two {seeds}-seed means\n"
+           f"(seed sd {100 * sd:.2f} points, pooled over the study)")
+    band_half = None if np.isnan(sd) else 100 * noise_bound(sd, seeds, seeds)
+    return plots.study_pngs(frame, groups, note, out, band_half, why)
+
+
+def redraw(out: Path) -> list[str]:
+    """A finished study's PNGs again, from `out`'s sweep.csv and the settings line of its sweep.md: a change
+    to the figures needs no retraining."""
+    if not (out / "sweep.csv").is_file():
+        raise UserError(f"{out}: no sweep.csv to draw from (OUT= names a study's folder)")
+    text = (out / "sweep.md").read_text(encoding="utf-8") if (out / "sweep.md").is_file() else ""
+    note = re.search(r"^Settings: (.*)\.$", text, flags=re.MULTILINE)
+    figures = draw_figures(read_rows(out), note.group(1) if note else "", out)
+    log.info(f"redrawn from {out / 'sweep.csv'}: {', '.join(f + '.png' for f in figures)}")
+    return figures
+
+
 def write_outputs(rows: list[dict], study: StudySettings, base: Config, out: Path) -> None:
     note = settings_note(study, base, rows)
     frame = pd.DataFrame(rows).sort_values("effective_batch", kind="stable")  # accumulated beside true
     fileio.write_text(out / "sweep.csv", frame.to_csv(index=False))
+    figures = draw_figures(read_rows(out), note, out)  # from the CSV, as redraw draws them again
     groups = by_group(frame)
-
-    def series(y: str, scale: float = 1.0) -> dict:
-        return {name: (list(line["effective_batch"]), list(line[y] * scale))
-                for name, line in groups.groupby("series", sort=False)}
-
-    xlabel = "batch size" if study.study == "batch" else "effective batch size (BS x ACCUM)"
-    # an accumulated point's model is its micro-batch point's; the LR arm does not change the model's shape
-    true = groups[groups["kind"] == "batch"].drop_duplicates(["effective_batch", "norm"])
-    latency = {}
-    for norm, line in true.groupby("norm", sort=False):
-        suffix = ", BatchNorm" if norm == "batch" else ""
-        latency[f"at batch 1{suffix}"] = (list(line["effective_batch"]), list(line["latency_b1_us"]))
-        latency[f"at the training batch size{suffix}"] = (list(line["effective_batch"]), list(line["latency_own_batch_us"]))
-    panels = {
-        "train_time": plots.Panel("training time (s)", series("train_s"), xlabel, log_y=True),
-        "latency": plots.Panel("inference latency per image (μs)", latency, xlabel, log_y=True),
-        "accuracy": plots.Panel("final accuracy (%)", series("accuracy", 100), xlabel),
-        "energy": plots.Panel("training energy (Wh)", series("train_energy_wh"), xlabel, log_y=True),
-    }
-    for name, panel in panels.items():
-        plots.lines_png([panel], out / f"{name}.png", f"{panel.ylabel} vs {xlabel}", note)
-    curves = plots.Panel("validation accuracy (%)", {
-        r["group"]: (list(range(1, r["epochs"] + 1)), [100 * float(a) for a in r["val_acc_per_epoch"].split()])
-        for _, r in groups.iterrows()}, "epoch", log2_x=False)
-    plots.lines_png([curves], out / "accuracy_per_epoch.png", "accuracy per epoch by point", note)
-    figures = ["train_time", "latency", "accuracy", "energy", "accuracy_per_epoch"]
-    if study.study != "batch":
-        plots.lines_png([panels["accuracy"], panels["train_time"]], out / "accum_vs_true.png",
-                        "accumulated gradients vs true large batches", note)
-        figures.append("accum_vs_true")
 
     table = markdown_table(
         ["point", "BS x ACCUM", "norm", "lr", "training", "per epoch", "accuracy", "seeds", "accuracy per epoch",
@@ -423,8 +434,11 @@ def command(args) -> None:
     logs.setup()
     study, cost, base = parse(args)
     hardware.use_host_settings(base)  # before any torch op; also for points whose training is skipped (latency)
-    base = commands.with_data(base)  # as `make train`: local data, else a download, else the demo set
     # a fixed default folder, so the same command finds its finished points again
     out = in_project(study.out) if study.out else runs.runs_root(base) / f"sweep-{study.study}-{base.model.replace(':', '_')}"
+    if study.redraw:
+        redraw(out)
+        return
+    base = commands.with_data(base)  # as `make train`: local data, else a download, else the demo set
     rows = run_points(plan(study, base), base, study, cost, out)
     write_outputs(rows, study, base, out)
