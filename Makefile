@@ -18,14 +18,14 @@ SETTINGS := $(strip \
   $(if $(BS),BS=$(BS)) $(if $(ACCUM),accum=$(ACCUM)) $(if $(EPOCHS),epochs=$(EPOCHS)) \
   $(if $(FOLDS),folds=$(FOLDS)) $(if $(FOLD),fold=$(FOLD)) $(if $(SEED),seed=$(SEED)) \
   $(if $(DATA),data=$(DATA)) $(if $(NAME),name=$(NAME)) $(if $(LIMIT),limit=$(LIMIT)) \
-  $(if $(MODEL),model=$(MODEL)) $(if $(REFIT),refit=$(REFIT)) $(ARGS))
+  $(if $(MODEL),model=$(MODEL)) $(if $(REFIT),refit=$(REFIT)) $(if $(BUDGET),budget=$(BUDGET)) $(ARGS))
 RUN_ARG := $(if $(RUN),--run $(RUN))
 CLI := $(PYTHON) -m digitrec
 # NPROC=2: train under torchrun, one process per GPU (or CPU share); TORCHRUN_ARGS adds its other flags
 # (--nnodes=2 --node-rank=0 --rdzv-endpoint=host:29500 ... for several machines)
 TRAIN_CLI := $(if $(NPROC),$(PYTHON) -m torch.distributed.run --nproc-per-node=$(NPROC) $(TORCHRUN_ARGS) -m digitrec,$(CLI))
 
-.PHONY: help setup lock train predict evaluate compare sweep bench test download submit scores kernel kernel-push kernel-output clean
+.PHONY: help setup lock train predict evaluate compare runs sweep bench test download submit scores kernel kernel-push kernel-output clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -60,7 +60,7 @@ lock:  ## renew constraints.txt: the newest releases pyproject.toml allows, in a
 	mv $(ROOT)/constraints.txt.new $(ROOT)/constraints.txt
 	rm -rf $(ROOT)/.venv-lock
 
-train: $(SETUP)  ## train CONFIG over FOLDS stratified folds and write a submission (BS= ACCUM= EPOCHS= FOLD= SEED= DATA= NAME= LIMIT= REFIT= NPROC=)
+train: $(SETUP)  ## train CONFIG over FOLDS stratified folds and write a submission (BUDGET=30m BS= ACCUM= EPOCHS= FOLD= SEED= DATA= NAME= LIMIT= REFIT= NPROC=)
 	$(TRAIN_CLI) train --config $(CONFIG) $(SETTINGS)
 
 predict: $(SETUP)  ## predict again from a run's weights into RUN/predict-tta<0|1>/ and a submission of its own (RUN=, default newest; TTA=1 or TTA=0)
@@ -71,6 +71,9 @@ evaluate: $(SETUP)  ## cost and accuracy of a run: evaluation.json, table, confu
 
 compare: $(SETUP)  ## is run B more accurate than run A? McNemar's paired test on their out-of-fold rows (A= B=)
 	$(CLI) compare $(if $(A),a=$(A)) $(if $(B),b=$(B))
+
+runs: $(SETUP)  ## a table of the runs under runs/, newest first (ARGS="csv=1" for CSV)
+	$(CLI) runs $(ARGS)
 
 sweep: $(SETUP)  ## a study: STUDY=batch MODEL= BATCH_SIZES="..." | STUDY=accum or norm BS= ACCUMS="..." (ARMS="rule fixed" SEEDS="42 43" EPOCHS= LIMIT= FOLDS= OUT=)
 	$(CLI) sweep $(strip $(if $(STUDY),study=$(STUDY)) $(if $(MODEL),model=$(MODEL)) \
@@ -91,8 +94,8 @@ submit: $(SETUP)  ## upload a submission (SUB=, default newest; MSG=; DRY_RUN=1 
 scores: $(SETUP)  ## this account's submissions and public scores, beside the local ledger
 	$(CLI) scores
 
-kernel: $(SETUP)  ## build kernel/: metadata + one script carrying the package (CONFIG=; ACCEL=NvidiaTeslaT4 (default), NvidiaL4, cpu, ...)
-	$(CLI) kernel --config $(CONFIG) $(if $(ACCEL),accel=$(ACCEL)) $(ARGS)
+kernel: $(SETUP)  ## build kernel/: metadata + one script carrying the package (CONFIG=; BUDGET=8h; ACCEL=NvidiaTeslaT4 (default), NvidiaL4, cpu, ...)
+	$(CLI) kernel --config $(CONFIG) $(if $(ACCEL),accel=$(ACCEL)) $(if $(BUDGET),budget=$(BUDGET)) $(ARGS)
 
 kernel-push: $(SETUP)  ## push kernel/ with kaggle kernels push
 	$(CLI) kernel-push

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from digitrec import bench, bench_results, cli, hardware, settings
+from digitrec import bench, bench_results, cli, hardware, planner, settings
 
 FIGURES = ("train_img_per_s", "conventional_img_per_s", "speedup", "flop_limit_fraction", "gemm_gflop_s",
            "train_mflop_per_img", "predict_s_per_fold", "predict_img_per_s", "ensemble_s", "ensemble_img_per_s",
@@ -48,6 +48,10 @@ def test_quick_bench_writes_json_and_records(demo_dir: Path, workdir: Path, monk
     # the quick run times two nets stacked beside the single net: images/s over both nets
     assert out["stacked2_img_per_s"] > 0 and "train, 2 nets stacked, all nets" in stdout
     assert out["stacked2_speedup"] == pytest.approx(out["stacked2_img_per_s"] / out["train_img_per_s"], rel=1e-3)
+    # the step rates BUDGET= plans from, per layout of the ladder, at the config's own step (here ACCUM=2)
+    assert list(out["layouts"]) == [planner.layout_name(layout) for layout in planner.DEFAULT_LADDER]
+    assert all(rate["train"]["1"] > 0 and rate["predict"] > 0 for rate in out["layouts"].values())
+    assert "step rates BUDGET= plans from" in stdout and "gn_m7 w48: train" in stdout
 
     # the record holds this run's figures under its machine; against itself nothing is worse
     recorded = json.loads((workdir / "bench.json").read_text())[bench_results.record_key(out)]

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import ROOT
 
 PACKAGE = ROOT / "src" / "digitrec"
-CORE = ("config", "settings", "data", "folds", "models", "augment", "hardware", "engine", "stacked", "nets", "outcome", "pipeline",
+CORE = ("config", "settings", "data", "folds", "models", "augment", "hardware", "engine", "stacked", "nets", "outcome", "planner", "pipeline",
         "competition")
 KAGGLE = ("kaggle_client", "commands", "cli")
 

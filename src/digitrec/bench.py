@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from . import config as config_mod
 from . import data as data_mod
-from . import bench_results, commands, engine, hardware, logs, stacked
+from . import bench_results, commands, engine, hardware, logs, planner, stacked
 from .config import Config
 from .errors import UserError
 from .settings import parse_items, take
@@ -312,10 +312,26 @@ def default_stacks(device: torch.device, plan: Plan) -> tuple[int, ...]:
     return (5, 10) if device.type == "cuda" else (5,)
 
 
-def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan, stacks: tuple[int, ...] | None = None) -> dict:
+def layout_rates(cfg: Config, dataset: data_mod.Dataset, device: torch.device) -> dict[str, dict]:
+    """The step rates `make train BUDGET=` plans from, measured as it measures them (planner.measure): every
+    layout of the ladder at the config's own BS x ACCUM, with each number of nets per step it would try."""
+    rows = min(len(dataset.train_labels), 4096)
+    images = torch.from_numpy(dataset.train_images[:rows]).to(device)
+    data = engine.FoldData(images, torch.from_numpy(dataset.train_labels[:rows]).to(device), torch.arange(rows),
+                           torch.arange(0), images[:0])
+    stacks = planner.stack_candidates(cfg, device, cfg.folds)
+    rates = {planner.layout_name(layout): planner.measure(planner.layout_config(cfg, layout), device, data, stacks)
+             for layout in planner.ladder(cfg)}
+    for line in planner.describe_rates(rates):
+        log.info(f"bench: {line}")
+    return {name: dataclasses.asdict(rate) for name, rate in rates.items()}
+
+
+def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan, stacks: tuple[int, ...] | None = None,
+        planned: Config | None = None) -> dict:
     """Every measurement, in an order that keeps them apart: the memory run first (a child process,
     nothing else running), then data, the GEMM, training (one net, then stacked nets), the conventional path,
-    prediction."""
+    prediction, and the step rates a budget is planned from (`planned`: the config as `make train` runs it)."""
     hardware.use_host_settings(cfg)
     device = hardware.select_device(cfg.device)
     threads = torch.get_num_threads()
@@ -361,6 +377,7 @@ def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan, stacks:
     per_fold, ensemble = stage("prediction", lambda: predict_timings(
         cfg, torch.from_numpy(dataset.test_images), device, plan))
     test_rows = len(dataset.test_images[:plan.predict_rows])
+    layouts = stage("the step rates BUDGET= plans from", lambda: layout_rates(planned or cfg, dataset, device))
 
     figures = {
         "train_img_per_s": ours, **stacked_figures, "conventional_img_per_s": conventional,
@@ -379,7 +396,7 @@ def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan, stacks:
             "threads": threads, "machine": bench_results.machine_id(device, threads), "model": cfg.model,
             "precision": compute,
             "batch_size": cfg.batch_size, "accum": cfg.accum, "folds": cfg.folds, "test_rows": test_rows,
-            "quick": plan is QUICK, "demo": source.demo, "torch": torch.__version__}
+            "quick": plan is QUICK, "demo": source.demo, "torch": torch.__version__, "layouts": layouts}
 
 
 def command(args: argparse.Namespace) -> None:
@@ -392,7 +409,9 @@ def command(args: argparse.Namespace) -> None:
     # ACCUM=8 is the issue's setting for the throughput figures; an explicit ACCUM= still wins
     cfg = config_mod.load(args.config, ["accum=8", *overrides])
 
-    result = run(cfg, overrides, args.config, QUICK if quick else FULL, ours.stacks)
+    # the budget's rates at the config's own step, as `make train BUDGET=` would time them
+    result = run(cfg, overrides, args.config, QUICK if quick else FULL, ours.stacks,
+                 planned=config_mod.load(args.config, overrides))
     previous = bench_results.read_results(results_path).get(bench_results.record_key(result))
     lines, worse = bench_results.compare(result, previous)
     baseline = previous if previous is not None and bench_results.comparable(previous, result) else None
@@ -400,6 +419,10 @@ def command(args: argparse.Namespace) -> None:
     print(bench_results.table(result, baseline))
     print(f"\nagainst {results_path}:")
     print("\n".join(lines))
+    print("\nstep rates BUDGET= plans from (images/s; over all nets of a step):")
+    print("\n".join(planner.describe_rates({name: planner.Rates({int(k): v for k, v in rate["train"].items()},
+                                                                  rate["predict"])
+                                            for name, rate in result["layouts"].items()})))
     if keep:
         key = bench_results.record_key(result)
         bench_results.record(results_path, key, result)

@@ -322,11 +322,15 @@ def cmd_kernel(args) -> None:
     if kernel_id is None:
         raise UserError("the kernel's id needs your Kaggle username: set KAGGLE_USERNAME, or "
                         "`make kernel ARGS=id=<username>/digitrec`")
+    if cfg.budget is not None and cfg.budget_s > kernel.MAX_BUDGET_S:
+        raise UserError(f"BUDGET={cfg.budget}: a Kaggle kernel stops after 12 h, its start-up and output included; "
+                        f"give at most BUDGET=11h30m")
     out = kernel.build(competition.kernel_dir(), cfg, kernel_id, options.accel, options.nproc)
     accel = kernel.accelerator(options.accel)
+    work = f"BUDGET={cfg.budget}, planned on the kernel's machine" if cfg.budget else f"{cfg.epochs} epochs x {cfg.folds} folds"
     print(f"{out}/: {competition.METADATA} (id {kernel_id}, {accel}: {kernel.ACCELERATORS[accel]}; internet off, "
-          f"competition {NAME}) and {kernel.SCRIPT} ({(out / kernel.SCRIPT).stat().st_size} bytes, {cfg.epochs} "
-          f"epochs x {cfg.folds} folds); push it with `make kernel-push`")
+          f"competition {NAME}) and {kernel.SCRIPT} ({(out / kernel.SCRIPT).stat().st_size} bytes, {work}); push it "
+          f"with `make kernel-push`")
 
 
 def _kernel_id() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,6 +29,9 @@ class Config:
     folds: int = 5
     fold: int | None = None  # train this fold only
     fold_seed: int | None = None  # the seed of the stratified folds; None = seed. A member's own: bagged folds
+    # BUDGET=30m (90s, 2h, 1h30m): the whole `make train` in this much time; planner.py sets members, epochs,
+    # tta, refit and nets_per_step from step rates it measures here, and config.yaml records its plan
+    budget: str | None = None
     # --- model (models.py registry)
     model: str = "gn_cnn"
     width: int = 32  # channels of the first stage; later stages double it
@@ -109,11 +113,28 @@ class Config:
         power = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}[self.lr_scaling]
         return self.lr * ratio**power
 
+    @property
+    def budget_s(self) -> float | None:
+        """BUDGET in seconds (None: no budget)."""
+        return None if self.budget is None else budget_seconds(self.budget)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def budget_seconds(text: str) -> float:
+    """BUDGET=90s, 30m, 2h, 1h30m (or 1.5h) in seconds; one line naming the setting otherwise."""
+    match = _DURATION.fullmatch(str(text).strip().lower().replace(" ", ""))
+    seconds = sum(float(part or 0) * unit for part, unit in zip(match.groups(), (3600, 60, 1))) if match else 0.0
+    if seconds <= 0:
+        raise UserError(f"BUDGET (budget) must be a time such as 90s, 30m, 2h or 1h30m, got '{text}'")
+    return seconds
 
 
 KEYS = [f.name for f in fields(Config)]
@@ -159,9 +180,21 @@ def _members(value: Any, source: str) -> list[dict[str, Any]] | None:
     return members
 
 
+def _nets_per_step(value: Any, source: str) -> int | str:
+    """auto or a whole number >= 1, read alike from a YAML file (1.5, true) and from a command line ("1.5")."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if not isinstance(value, (bool, float)) and text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise UserError(f"setting 'nets_per_step' in {source} must be auto or a whole number >= 1, got '{value}'")
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
     if key == "members":
         return _members(value, source)
+    if key == "nets_per_step":
+        return _nets_per_step(value, source)
     return settings.coerce(key, value, _TYPES[key], source)
 
 
@@ -202,8 +235,6 @@ def validate(cfg: Config) -> Config:
     need(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
     need(cfg.threads is None or cfg.threads >= 1, f"threads must be >= 1, got {cfg.threads}")
     need(cfg.parallel in ("data", "folds"), f"parallel must be data or folds, got '{cfg.parallel}'")
-    need(cfg.nets_per_step == "auto" or (isinstance(cfg.nets_per_step, int) and cfg.nets_per_step >= 1),
-         f"nets_per_step must be auto or a whole number >= 1, got '{cfg.nets_per_step}'")
     need(cfg.world_size >= 1, f"world_size must be >= 1, got {cfg.world_size}")
     need(0 <= cfg.pseudo_rounds <= 5, f"pseudo_rounds must be in 0..5, got {cfg.pseudo_rounds}")
     need(0 <= cfg.pseudo_threshold < 1, f"pseudo_threshold must be in [0, 1), got {cfg.pseudo_threshold}")
@@ -211,6 +242,10 @@ def validate(cfg: Config) -> Config:
     need(cfg.pseudo_temperature > 0, f"pseudo_temperature must be > 0, got {cfg.pseudo_temperature}")
     need(cfg.fold_seed is None or 0 <= cfg.fold_seed < 2**32, f"fold_seed must be in 0..2**32-1, got {cfg.fold_seed}")
     need(cfg.timeout_minutes > 0, f"timeout_minutes must be > 0, got {cfg.timeout_minutes}")
+    if cfg.budget is not None:
+        budget_seconds(cfg.budget)
+        need(cfg.pseudo_rounds == 0, "BUDGET plans no pseudo-label rounds (they did not pay: docs/results.md); "
+                                     "set pseudo_rounds=0, or train without BUDGET")
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device must be auto, cpu or cuda[:N], got '{cfg.device}'")
     need(bool(cfg.name) and "/" not in cfg.name and not cfg.name.startswith("."),
@@ -293,10 +328,15 @@ NOT_TRAINING = ("progress", "runs_dir", "submissions_dir", "threads", "eval_batc
                 "precision", "nets_per_step")
 
 
-def training_differences(a: Config, b: Config) -> list[str]:
-    """The settings in which a and b train or predict differently, as 'key: a -> b'."""
+# What the planner sets in a budgeted run (planner.py): a run of the same settings and BUDGET resumes whatever plan
+# it made
+PLANNED = ("members", "tta", "refit")
+
+
+def training_differences(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The settings in which a and b train or predict differently, as 'key: a -> b' (leaving out `ignore`)."""
     da, db = a.to_dict(), b.to_dict()
-    return [f"{k}: {da[k]} -> {db[k]}" for k in KEYS if k not in NOT_TRAINING and da[k] != db[k]]
+    return [f"{k}: {da[k]} -> {db[k]}" for k in KEYS if k not in NOT_TRAINING + ignore and da[k] != db[k]]
 
 
 def same_training(a: Config, b: Config) -> bool:

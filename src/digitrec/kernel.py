@@ -39,6 +39,9 @@ ACCELERATORS = {
     "NvidiaRtxPro6000": "an RTX Pro 6000 (sm_120, bf16)",
     "cpu": "no accelerator: Kaggle's CPU machine",
 }
+# the largest BUDGET of a kernel: Kaggle stops a kernel after 12 h (CPU and GPU machines), and its start-up and the
+# saving of its output take some minutes of them; each GPU hour also counts against the account's weekly quota
+MAX_BUDGET_S = 11.5 * 3600
 REFUSED = {
     "NvidiaTeslaP100": "Kaggle retired it, and today's Kaggle image ships a cu128 torch without sm_60 code, so the "
                        "first CUDA operation fails with 'no kernel image is available'",

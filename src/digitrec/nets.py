@@ -99,10 +99,14 @@ def folds_to_train(cfg: Config) -> list[int]:
 
 def units_to_train(cfg: Config, folds: list[int] | None = None, refit: bool | None = None) -> list[Unit]:
     """Every member on every fold to train (or on `folds`), round after round (pseudo_rounds), then
-    (refit: true) every member of the last round on all rows."""
+    (refit: true) every member of the last round on all rows. A budgeted run trains member after member, all
+    folds of each, so a member it sheds for time (planner.Pace) is one it has not started."""
     members = range(len(config_mod.member_configs(cfg)))
     folds = folds_to_train(cfg) if folds is None else folds
-    cv = [Unit(k, j, r) for r in range(cfg.pseudo_rounds + 1) for k in folds for j in members]
+    if cfg.budget:
+        cv = [Unit(k, j) for j in members for k in folds]  # a budget plans no pseudo-label rounds
+    else:
+        cv = [Unit(k, j, r) for r in range(cfg.pseudo_rounds + 1) for k in folds for j in members]
     refit = cfg.refit if refit is None else refit
     return cv + ([Unit(None, j, cfg.pseudo_rounds) for j in members] if refit else [])
 

@@ -57,13 +57,14 @@ def _pseudo_record(run_dir: Path, probs_root: Path, units: list[Unit], n_members
 
 
 def finish(run_dir: Path, cfg: Config, labels: np.ndarray, split: Split, demo: bool,
-           prediction: Path | None = None) -> RunResult:
+           prediction: Path | None = None, budget: dict | None = None) -> RunResult:
     """From the finished nets' probabilities: OOF probabilities (each row the average of the last round's
     members, each from the net that held the row out), metrics.json, and the submission (the refit
     members' average when the refit is finished, else the average of every fold's members). With
     pseudo-labels the metrics also hold every round's OOF and the paired test of the last round against
     the first. `prediction`: a `make predict` folder inside the run, where the nets' probabilities were
-    written and the run's outputs go (default: the run's own, as training wrote them)."""
+    written and the run's outputs go (default: the run's own, as training wrote them). `budget`: a budgeted
+    run's plan against what it did (planner.outcome), kept in metrics.json."""
     probs_root = prediction or run_dir
     n_members = len(config_mod.member_configs(cfg))
     last = cfg.pseudo_rounds
@@ -119,6 +120,8 @@ def finish(run_dir: Path, cfg: Config, labels: np.ndarray, split: Split, demo: b
     if working is not None:  # a Kaggle kernel's output is /kaggle/working/submission.csv
         fileio.write_bytes(working / "submission.csv", sub_path.read_bytes())
     metrics["submission"] = str(sub_path)
+    if budget is not None:
+        metrics["budget"] = budget
     fileio.write_json(probs_root / "metrics.json", metrics)
     oof_acc = metrics["oof"]["accuracy"]
     for j, member in enumerate(metrics.get("members", [])):

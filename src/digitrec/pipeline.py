@@ -23,7 +23,7 @@ import torch
 
 from . import config as config_mod
 from . import data as data_mod
-from . import distributed, engine, fileio, hardware, logs, pseudo, runs, stacked
+from . import distributed, engine, fileio, hardware, logs, planner, pseudo, runs, stacked
 from .config import Config
 from .errors import UserError
 from .nets import Split, Unit, make_split, read_split, teachers_of, units_to_train
@@ -32,9 +32,9 @@ from .outcome import RunResult, accuracy, finish
 log = logging.getLogger(__name__)
 
 
-def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, Split]:
+def _prepare_run(cfg: Config, dataset: data_mod.Dataset, plan: dict | None = None) -> tuple[Path, Split]:
     """The run folder (a resumed one when the same training was interrupted), locked by this process
-    (runs.lock), with its config, data record and folds written."""
+    (runs.lock), with its config, data record and folds written, and a budgeted run's plan.json."""
     split = make_split(cfg, dataset.train_labels)
     run_dir = runs.find_resumable(cfg)
     if run_dir is not None:
@@ -51,6 +51,8 @@ def _prepare_run(cfg: Config, dataset: data_mod.Dataset) -> tuple[Path, Split]:
                                               "content_hash": dataset.content_hash,
                                               "train_rows": len(split.rows), "test_rows": len(dataset.test_images)})
     fileio.write_npz(run_dir / "folds.npz", rows=split.rows, fold_of=split.fold_of, member_fold_of=split.member_fold_of)
+    if plan is not None:
+        fileio.write_json(run_dir / planner.PLAN_FILE, plan)
     # config.yaml last: a folder killed before it is no run at all (runs.list_runs ignores it)
     fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
     log.info(f"run folder: {run_dir}")
@@ -140,8 +142,9 @@ def train(cfg: Config) -> RunResult:
     # settings, then data, are checked before anything is written
     kind = hardware.select_device("auto").type if cfg.device == "auto" else cfg.device
     device = engine.preflight(cfg, distributed.device_for(kind, ranks, cfg.parallel))
-    # recorded in config.yaml: what amp and nets_per_step=auto meant on this machine
-    cfg = dataclasses.replace(cfg, precision=hardware.precision(device, cfg.amp), nets_per_step=stacked.resolve(cfg, device))
+    # recorded in config.yaml: what amp and nets_per_step=auto meant on this machine (a budget's plan decides the latter)
+    nets_per_step = "auto" if cfg.budget and cfg.nets_per_step == "auto" else stacked.resolve(cfg, device)
+    cfg = dataclasses.replace(cfg, precision=hardware.precision(device, cfg.amp), nets_per_step=nets_per_step)
     ranks = distributed.start(device, cfg.timeout_minutes, cfg.parallel)
     try:
         with distributed.peers_watched(ranks):
@@ -162,7 +165,11 @@ def _train(cfg: Config, device: torch.device, ranks: distributed.Ranks) -> RunRe
     dataset = data_mod.load_data(cfg.data, announce=log.info if ranks.is_main else _quiet)
     if ranks.is_main:
         distributed.barrier(ranks)
-        prepared = _prepare_run(cfg, dataset)
+    plan = None
+    if cfg.budget:  # before the run folder: a budget too small writes nothing
+        cfg, plan = planner.plan_run(cfg, dataset, device, ranks)
+    if ranks.is_main:
+        prepared = _prepare_run(cfg, dataset, plan)
     run_dir, split = distributed.share(prepared if ranks.is_main else None, ranks)
     try:
         return _train_nets(cfg, device, ranks, dataset, run_dir, split)
@@ -184,6 +191,7 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
     labels = dataset.train_labels[split.rows]
     units = units_to_train(cfg)
     mine = units[ranks.rank::ranks.world] if by_folds else units
+    pace = planner.pace_for(cfg, run_dir, units) if cfg.budget else None
 
     def job(unit: Unit) -> stacked.Job:
         """The net's job; a student's selection is made here (small), its data only when it trains (large)."""
@@ -199,6 +207,9 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
                            soft, make_data)
 
     for group in _groups(mine, job, cfg.nets_per_step, run_dir, ranks, by_folds, len(members)):
+        if pace is not None and not _admitted(pace, [unit for unit, _ in group], ranks, by_folds):
+            log.info(f"{', '.join(one.label for _, one in group)}: shed for time, not trained")
+            continue
         started = time.perf_counter()
         epochs_before = [engine.resume_epoch(one.unit_dir) for _, one in group]
         if len(group) == 1:  # one net per step: engine.train_net, also for data-parallel ranks
@@ -207,6 +218,8 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
                                      ranks=distributed.ALONE if by_folds else ranks)]
         else:
             outs = stacked.train_group([one for _, one in group], device)
+        if pace is not None:
+            pace.finished([unit for unit, _ in group])
         if not (by_folds or ranks.is_main):
             continue  # a data-parallel net's files are rank 0's to write
         sitting = (time.perf_counter() - started) / len(group)  # a stacked net's share of its group's time
@@ -216,11 +229,20 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
                 log.info(f"{one.label}: val accuracy {accuracy(out.val_probs, labels[unit.held_out(split)]):.4%} in {seconds:.0f}s")
             else:
                 log.info(f"{one.label}: trained on all {len(labels)} rows in {seconds:.0f}s")
+    planned = cfg
+    if pace is not None:  # the plan as done: what was shed for time is not waited for, and not in the run
+        cfg = planner.kept(cfg, pace.shed())
+        units = units_to_train(cfg)
     if by_folds:  # every rank waits for the others' nets, so the final barrier waits only for finish()
         _wait_for(units, run_dir, announce=ranks.is_main)
     if not ranks.is_main:
         return RunResult(run_dir, None, {})
-    return finish(run_dir, cfg, labels, split, demo=dataset.demo)
+    if pace is None:
+        return finish(run_dir, cfg, labels, split, demo=dataset.demo)
+    fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())  # make predict and evaluate read the run as done
+    result = finish(run_dir, cfg, labels, split, demo=dataset.demo, budget=planner.outcome(planned, cfg, run_dir))
+    log.info(planner.summary(result.metrics["budget"]))
+    return result
 
 
 def _groups(units: list[Unit], job, nets_per_step: int, run_dir: Path, ranks: distributed.Ranks, by_folds: bool,
@@ -241,6 +263,14 @@ def _groups(units: list[Unit], job, nets_per_step: int, run_dir: Path, ranks: di
                 pending.append((unit, job(unit)))
         for indices in stacked.groups([one for _, one in pending], nets_per_step):
             yield [pending[i] for i in indices]
+
+
+def _admitted(pace: planner.Pace, units: list[Unit], ranks: distributed.Ranks, by_folds: bool) -> bool:
+    """Whether a budgeted run's next nets still fit (planner.Pace): each fold-parallel rank asks for its own nets;
+    data-parallel ranks train every net together, so rank 0 answers for all."""
+    if by_folds:
+        return pace.admit(units)
+    return distributed.share(pace.admit(units) if ranks.is_main else None, ranks)
 
 
 def _quiet(_: str) -> None:

@@ -88,7 +88,8 @@ def find_resumable(cfg: Config) -> Path | None:
             saved = config_mod.load(run / "config.yaml")
         except UserError:
             continue
-        differences = config_mod.training_differences(saved, cfg)
+        # a budgeted run resumes the plan it made, whatever a new plan would be
+        differences = config_mod.training_differences(saved, cfg, config_mod.PLANNED if cfg.budget else ())
         if not differences:
             return run
         if not told:
@@ -132,6 +133,25 @@ def unlock(run_dir: Path) -> None:
     handle = _held.pop(run_dir.resolve(), None)
     if handle is not None:
         handle.close()  # closing the file releases the flock
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether a live process holds run_dir (lock), this one included: a non-blocking shared flock tried on a
+    handle of its own (flock locks belong to an open file, so this process's own lock counts as another's)
+    and let go at once. It creates no lock file and never waits; a holder keeps its lock. A `make train`
+    taking the lock in the very instant of the probe would find the folder in use and stop with that message."""
+    import fcntl
+
+    try:
+        handle = open(run_dir / LOCK, "rb")
+    except FileNotFoundError:
+        return False
+    with handle:  # closing the file releases the probe's own lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
 
 
 PREDICTION = "predict-"  # the prefix of a `make predict` folder inside a run
