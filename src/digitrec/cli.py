@@ -79,6 +79,8 @@ COMMANDS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
                  ("run", "runs_dir", "settings")),
     "compare": ("evaluation", "compare_command", "McNemar's paired test of two runs' out-of-fold predictions (A= B=)",
                 ("runs_dir", "settings")),
+    "runs": ("runtable", "command", "a table of the runs under runs/, newest first (CSV=1 for CSV)",
+             ("runs_dir", "settings")),
     "sweep": ("studies", "command", "batch-size, accumulation and norm studies (STUDY=batch|accum|norm)",
               ("config", "settings")),
     "bench": ("bench", "command", "training/inference/data throughput against the conventional path",
