@@ -16,11 +16,11 @@ from digitrec.submission import read_submission
 FULL = Work(rows=42000, folds=5, folds_trained=list(range(5)), test_rows=28000)
 # images/s by nets per step, and of prediction: a GPU where stacking pays, and a 2-core CPU where it does not
 GPU = {"gn_cnn w32": Rates({1: 9000, 2: 17000, 4: 30000, 8: 52000}, 120000),
-       "gn_m5 w32": Rates({1: 8000, 2: 15000, 4: 26000, 8: 45000}, 100000),
-       "gn_m7 w48": Rates({1: 7000, 2: 13000, 4: 22000, 8: 38000}, 90000),
+       "gn_m5 w16": Rates({1: 8000, 2: 15000, 4: 26000, 8: 45000}, 100000),
+       "gn_m7 w24": Rates({1: 7000, 2: 13000, 4: 22000, 8: 38000}, 90000),
        "gn_cnn w48": Rates({1: 8500, 2: 16000, 4: 28000, 8: 48000}, 110000)}
-CPU = {"gn_cnn w32": Rates({1: 3400, 2: 1700}, 12000), "gn_m5 w32": Rates({1: 1000, 2: 500}, 4000),
-       "gn_m7 w48": Rates({1: 900, 2: 450}, 3500), "gn_cnn w48": Rates({1: 1700, 2: 850}, 6000)}
+CPU = {"gn_cnn w32": Rates({1: 2200, 2: 1100}, 7000), "gn_m5 w16": Rates({1: 2000, 2: 1000}, 6000),
+       "gn_m7 w24": Rates({1: 1700, 2: 850}, 5000), "gn_cnn w48": Rates({1: 1100, 2: 550}, 3500)}
 
 
 def _plan(rates: dict, budget: str, spent_s: float = 10.0) -> planner.Plan:
@@ -90,7 +90,8 @@ def fake_time(monkeypatch: pytest.MonkeyPatch) -> dict:
     ladder, and what the pace sees is what the test says a net took."""
     now = {"s": 0.0, "per_net": 0.0}
     monkeypatch.setattr(planner, "clock", lambda: now["s"])
-    monkeypatch.setattr(planner, "EPOCH_RUNGS", (1, 2))
+    monkeypatch.setattr(planner, "MIN_EPOCHS", 1)
+    monkeypatch.setattr(planner, "MAX_EPOCHS", 2)
     monkeypatch.setattr(planner, "measure", lambda cfg, device, data, stacks, ranks: Rates(
         {k: 1e6 for k in stacks}, 1e6))
     train_net = engine.train_net

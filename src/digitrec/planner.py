@@ -31,23 +31,24 @@ from .nets import folds_to_train, make_split
 
 log = logging.getLogger(__name__)
 
-# The ladder: the layouts a plan takes members from, in order, best first by the evidence (docs/results.md): Deotte's
-# CNN; the unpadded 5x5 stack, which averaged best with it on fold 0; the 7x7 stack; the CNN at width 48, which
-# averaged worst with the width-32 one. A base config with `members` is its own ladder.
-DEFAULT_LADDER = ({"model": "gn_cnn", "width": 32, "dropout": 0.4}, {"model": "gn_m5", "width": 32, "dropout": 0.25},
-                  {"model": "gn_m7", "width": 48, "dropout": 0.25}, {"model": "gn_cnn", "width": 48, "dropout": 0.4})
-EPOCH_RUNGS = (4, 6, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 36, 40)  # past about 40 a net gained nothing measured
+# The ladder: the layouts a plan takes members from, in order (docs/results.md): Deotte's CNN; the unpadded 5x5 and
+# 7x7 stacks at the widths configs/cpu-best.yaml measured on the whole OOF (each about as costly as the CNN on a CPU,
+# 99.55% alone, 99.617% the three averaged); then the CNN at width 48, which averaged worst with the width-32 one on
+# fold 0. A base config with `members` is its own ladder.
+DEFAULT_LADDER = ({"model": "gn_cnn", "width": 32, "dropout": 0.4}, {"model": "gn_m5", "width": 16, "dropout": 0.25},
+                  {"model": "gn_m7", "width": 24, "dropout": 0.25}, {"model": "gn_cnn", "width": 48, "dropout": 0.4})
+MIN_EPOCHS, MAX_EPOCHS = 4, 40  # past about 40 a net gained nothing measured
 
-# The evidence model: expected errors on Kaggle's 28000 test rows. One gn_cnn made about 119 at 18 epochs and about
-# 100 at 40-44 (seven seeds: 92-106), fitted as a + b / epochs; seven nets of four layouts averaged made 87 where one
-# made about 100, and nets of one layout averaged gained far less (nine made 91; six seeds on one fold: 40 errors
-# against 41.2), so the gain is counted per layout, not per net. TTA and the refit are not resolved by any of our
-# measurements (TTA: +0.04 points on one run's OOF, nothing on another; the refit cannot be scored out of fold): each
-# is counted as a small gain, so a plan buys them once epochs and members cost more per error saved.
+# The evidence model: expected errors on Kaggle's 28000 test rows. One gn_cnn trained on all rows made about 119 at 18
+# epochs and about 100 at 40-44 (seven seeds: 92-106), fitted as a + b / epochs. Averaging nets of one layout gained
+# little (nine made 91 where one made about 100; six seeds on one fold: 40 errors against 41.2 on average), so a
+# member's five fold nets count as about 0.94 of one net, less a little for each training on 80% of the rows; nets of
+# different layouts gained more (seven nets of four layouts: 87), counted per layout on the members' mean. TTA is not
+# resolved by our measurements (+0.04 points on one run's OOF, nothing on another): counted as a small gain.
 SINGLE_NET_ERRORS = (86.3, 588.0)
+FOLD_NETS_FACTOR = 0.94 * 1.03  # a member's fold nets averaged (no refit), against one net on all rows (the refit)
 LAYOUTS_FACTOR = (1.0, 0.93, 0.90, 0.87)  # 1, 2, 3, 4 layouts averaged; each further one 0.99 of the last
 TTA_FACTOR = 0.97
-REFIT_FACTOR = 0.99
 TEST_ROWS = 28000
 
 # A plan fills this share of what is left of the budget: the rates come from a few steps, a run's epochs scatter by a
@@ -144,11 +145,16 @@ def step_rate(cfg: Config, device: torch.device, data: engine.FoldData, nets: in
     if nets == 1:
         trainer = engine.make_trainer(cfg, device, len(data.train_idx), ranks)
         trainer.model.train()
-        run = lambda: [trainer.update(windows()[0], data) for _ in range(steps)]  # noqa: E731
+        update = lambda: trainer.update(windows()[0], data)  # noqa: E731 (one net, as train_net steps it)
     else:
         group = stacked.StackedTrainer(cfg, [cfg.seed + i for i in range(nets)], device, len(data.train_idx))
         group.train()
-        run = lambda: [group.update(windows(), [data] * nets) for _ in range(steps)]  # noqa: E731
+        update = lambda: group.update(windows(), [data] * nets)  # noqa: E731 (as stacked.train_group steps them)
+
+    def run() -> None:
+        for _ in range(steps):
+            update()
+
     return steps * nets * window / _seconds(run, device)
 
 
@@ -206,76 +212,104 @@ class Plan:
                                                        nets_per_step=self.nets_per_step))
 
 
-def expected_errors(layouts: int, epochs: int, tta: bool, refit: bool) -> float:
-    """Test errors by the evidence model (SINGLE_NET_ERRORS, LAYOUTS_FACTOR, TTA_FACTOR, REFIT_FACTOR)."""
+def expected_errors(epochs: list[int], tta: bool, refit: bool) -> float:
+    """Test errors by the evidence model, for members trained `epochs` each (SINGLE_NET_ERRORS, FOLD_NETS_FACTOR,
+    LAYOUTS_FACTOR, TTA_FACTOR): the members' mean single-net errors, less what averaging them gains."""
     a, b = SINGLE_NET_ERRORS
+    layouts = len(epochs)
     factor = LAYOUTS_FACTOR[min(layouts, len(LAYOUTS_FACTOR)) - 1] * 0.99 ** max(0, layouts - len(LAYOUTS_FACTOR))
-    return (a + b / epochs) * factor * (TTA_FACTOR if tta else 1.0) * (REFIT_FACTOR if refit else 1.0)
+    single = sum(a + b / e for e in epochs) / layouts
+    return single * factor * (TTA_FACTOR if tta else 1.0) * (1.0 if refit else FOLD_NETS_FACTOR)
 
 
-def net_seconds(rates: Rates, nets_per_step: int, epochs: int, train_rows: int, val_rows: int, test_rows: int,
-                views: int) -> float:
-    """One net's share of its step's time: its epochs (training, then its held-out rows predicted once each) and its
-    final predictions of the held-out and test rows in every view."""
+@dataclass(frozen=True)
+class NetCost:
+    """One net's seconds as `per_epoch` x epochs + `fixed` (its final predictions, its set-up and files)."""
+
+    per_epoch: float
+    fixed: float
+
+    def seconds(self, epochs: int) -> float:
+        return self.per_epoch * epochs + self.fixed
+
+
+def net_cost(rates: Rates, nets_per_step: int, train_rows: int, val_rows: int, test_rows: int, views: int) -> NetCost:
+    """One net's share of its step's time: each epoch's training and its held-out rows predicted once, then its
+    held-out and test rows predicted in every view."""
     per_epoch = train_rows / rates.train[nets_per_step] + val_rows / rates.predict + EPOCH_OVERHEAD_S
-    return epochs * per_epoch + (val_rows + test_rows) * views / rates.predict + NET_OVERHEAD_S
+    return NetCost(per_epoch, (val_rows + test_rows) * views / rates.predict + NET_OVERHEAD_S)
 
 
-def estimate(layouts: list[dict], epochs: int, tta: bool, refit: bool, nets_per_step: int,
-             rates: dict[str, Rates], work: Work) -> list[dict]:
-    """Every net of a plan, in the order a budgeted run trains them (member after member, then the refit), with
-    its estimated seconds."""
+def _costs(layouts: list[dict], tta: bool, nets_per_step: int, rates: dict[str, Rates],
+           work: Work) -> tuple[list[NetCost], list[NetCost]]:
+    """Each layout's fold-net cost and refit-net cost (refit nets have no twins to stack with)."""
     views = 9 if tta else 1  # augment.tta_views
-    val_rows, folds = work.rows // work.folds, work.folds_trained
-    nets = []
-    for j, layout in enumerate(layouts):
-        seconds = net_seconds(rates[layout_name(layout)], nets_per_step, epochs, work.rows - val_rows, val_rows,
-                              work.test_rows, views)
-        nets += [{"net": f"fold {k} member {j}", "fold": k, "member": j, "layout": layout_name(layout), "epochs": epochs,
-                  "estimated_s": seconds} for k in folds]
+    val_rows = work.rows // work.folds
+    fold = [net_cost(rates[layout_name(x)], nets_per_step, work.rows - val_rows, val_rows, work.test_rows, views)
+            for x in layouts]
+    refit = [net_cost(rates[layout_name(x)], 1, work.rows, 0, work.test_rows, views) for x in layouts]
+    return fold, refit
+
+
+def estimate(layouts: list[dict], epochs: list[int], tta: bool, refit: bool, nets_per_step: int,
+             rates: dict[str, Rates], work: Work) -> list[dict]:
+    """Every net of a plan, in the order a budgeted run trains them (member after member, all folds of each, then
+    the refit), with its estimated seconds."""
+    fold, refit_cost = _costs(layouts, tta, nets_per_step, rates, work)
+    nets = [{"net": f"fold {k} member {j}", "fold": k, "member": j, "layout": layout_name(x), "epochs": epochs[j],
+             "estimated_s": fold[j].seconds(epochs[j])} for j, x in enumerate(layouts) for k in work.folds_trained]
     if refit:
-        for j, layout in enumerate(layouts):
-            seconds = net_seconds(rates[layout_name(layout)], 1, epochs, work.rows, 0, work.test_rows, views)
-            nets.append({"net": f"refit member {j}", "fold": None, "member": j, "layout": layout_name(layout),
-                         "epochs": epochs, "estimated_s": seconds})
+        nets += [{"net": f"refit member {j}", "fold": None, "member": j, "layout": layout_name(x), "epochs": epochs[j],
+                  "estimated_s": refit_cost[j].seconds(epochs[j])} for j, x in enumerate(layouts)]
     return nets
 
 
 def lowest_rung_s(layouts: list[dict], rates: dict[str, Rates], work: Work) -> float:
-    """The cheapest plan of these layouts: one net per fold each, the fewest epochs, no TTA, no refit."""
-    fastest = min(set.intersection(*(set(rates[layout_name(x)].train) for x in layouts)),
-                  key=lambda k: -rates[layout_name(layouts[0])].train[k])
-    return sum(net["estimated_s"] for net in estimate(layouts, EPOCH_RUNGS[0], False, False, fastest, rates, work))
+    """The cheapest plan of these layouts: one net per fold each at the fewest epochs, no TTA, no refit."""
+    fastest = max(set.intersection(*(set(rates[layout_name(x)].train) for x in layouts)),
+                  key=lambda k: rates[layout_name(layouts[0])].train[k])
+    nets = estimate(layouts, [MIN_EPOCHS] * len(layouts), False, False, fastest, rates, work)
+    return sum(net["estimated_s"] for net in nets)
 
 
 def choose(base: Config, layouts: list[dict], rates: dict[str, Rates], work: Work, spent_s: float) -> Plan:
     """The plan with the fewest expected test errors among those that fit PLAN_FILL of the budget left after
-    `spent_s` (data, timing); the cheaper of equals. Members come from `layouts` in order (those timed: rates). A
-    budget too small for the lowest rung (the first layout, the fewest epochs, one net per fold) is one line naming
-    the smallest that fits."""
-    available = base.budget_s * PLAN_FILL - spent_s - FINISH_S
-    best: Plan | None = None
+    `spent_s` (data, timing); the cheaper of equals. Members come from `layouts` in order (those timed: rates), every
+    one but the last at the same epochs and the last at as many or fewer, so a budget is filled a member at a time.
+    A budget too small for the lowest rung (the first layout, MIN_EPOCHS, one net per fold) is one line naming the
+    smallest that fits."""
+    available = (base.budget_s * PLAN_FILL - spent_s - FINISH_S) * work.ranks
+    folds = len(work.folds_trained)
+    best: tuple | None = None
     for members in range(1, len(layouts) + 1):
         chosen = layouts[:members]
         # nets per step that every chosen layout measured; more than one only where it measured faster
-        stacks = sorted(set.intersection(*(set(rates[layout_name(x)].train) for x in chosen)))
-        for epochs in EPOCH_RUNGS:
+        for nets_per_step in sorted(set.intersection(*(set(rates[layout_name(x)].train) for x in chosen))):
             for tta in (False, True):
+                fold, refit_cost = _costs(chosen, tta, nets_per_step, rates, work)
                 for refit in (False, True):
-                    for nets_per_step in stacks:
-                        nets = estimate(chosen, epochs, tta, refit, nets_per_step, rates, work)
-                        seconds = sum(net["estimated_s"] for net in nets) / work.ranks
-                        errors = expected_errors(members, epochs, tta, refit)
-                        if seconds > available:
+                    def seconds(j: int, e: int) -> float:
+                        return folds * fold[j].seconds(e) + (refit_cost[j].seconds(e) if refit else 0.0)
+
+                    for full in range(MIN_EPOCHS, MAX_EPOCHS + 1):
+                        head = sum(seconds(j, full) for j in range(members - 1))
+                        # the last member: the most epochs (up to the others') that fit
+                        last = full if members == 1 else next(
+                            (e for e in range(full, MIN_EPOCHS - 1, -1) if head + seconds(members - 1, e) <= available),
+                            None)
+                        if last is None or head + seconds(members - 1, last) > available:
                             continue
-                        if best is None or (errors, seconds) < (best.expected_errors, best.estimated_s):
-                            best = Plan([{**x, "epochs": epochs} for x in chosen], tta, refit, nets_per_step, nets,
-                                        seconds, errors)
+                        epochs = [full] * (members - 1) + [last]
+                        candidate = (expected_errors(epochs, tta, refit), head + seconds(members - 1, last))
+                        if best is None or candidate < best[:2]:
+                            best = (*candidate, chosen, epochs, tta, refit, nets_per_step)
     if best is None:
         need = (spent_s + FINISH_S + lowest_rung_s(layouts[:1], rates, work) / work.ranks) / PLAN_FILL
         raise UserError(f"BUDGET={base.budget} is too small here: one {layout_name(layouts[0])} net per fold at "
-                        f"{EPOCH_RUNGS[0]} epochs needs BUDGET={_round_up(need)} or more on this machine")
-    return best
+                        f"{MIN_EPOCHS} epochs needs BUDGET={_round_up(need)} or more on this machine")
+    errors, seconds_total, chosen, epochs, tta, refit, nets_per_step = best
+    return Plan([{**x, "epochs": e} for x, e in zip(chosen, epochs)], tta, refit, nets_per_step,
+                estimate(chosen, epochs, tta, refit, nets_per_step, rates, work), seconds_total / work.ranks, errors)
 
 
 def _round_up(seconds: float) -> str:
