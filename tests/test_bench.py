@@ -51,7 +51,7 @@ def test_quick_bench_writes_json_and_records(demo_dir: Path, workdir: Path, monk
     # the step rates BUDGET= plans from, per layout of the ladder, at the config's own step (here ACCUM=2)
     assert list(out["layouts"]) == [planner.layout_name(layout) for layout in planner.DEFAULT_LADDER]
     assert all(rate["train"]["1"] > 0 and rate["predict"] > 0 for rate in out["layouts"].values())
-    assert "step rates BUDGET= plans from" in stdout and "gn_m7 w48: train" in stdout
+    assert "step rates BUDGET= plans from" in stdout and "gn_m7 w24: train" in stdout
 
     # the record holds this run's figures under its machine; against itself nothing is worse
     recorded = json.loads((workdir / "bench.json").read_text())[bench_results.record_key(out)]

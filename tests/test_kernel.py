@@ -60,6 +60,24 @@ def test_the_gpu_recipe_builds_into_a_kernel(workdir: Path, monkeypatch: pytest.
     assert min(member.epochs for member in config.member_configs(recipe)) >= 40
 
 
+def test_a_budgeted_kernel_plans_when_it_runs_and_fits_kaggles_limit(workdir: Path, capsys: pytest.CaptureFixture,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make kernel BUDGET=8h`: the script carries the budget, not a plan (the kernel times its own machine); a
+    budget past what a kernel may run is refused before anything is written."""
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    with pytest.raises(UserError, match=r"^BUDGET=12h: a Kaggle kernel stops after 12 h, its start-up and output "
+                                        r"included; give at most BUDGET=11h30m$"):
+        commands.cmd_kernel(args("BUDGET=12h"))
+    assert not (workdir / "kernel").exists()
+    commands.cmd_kernel(args("BUDGET=8h"))
+    tree = ast.parse((workdir / "kernel" / kernel.SCRIPT).read_text())
+    carried, = (ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and node.targets[0].id == "CONFIG")
+    assert carried["budget"] == "8h" and carried["members"] is None  # planned in the kernel, on its machine
+    assert "BUDGET=8h, planned on the kernel's machine" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("accel, shape", [("NvidiaL4", "NvidiaL4"), ("nvidial4x1", "NvidiaL4X1"),
                                           ("NvidiaH100", "NvidiaH100"), ("cpu", None)])
 def test_the_accelerator_is_the_metadatas_machine_shape(workdir: Path, accel: str, shape: str | None) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 from conftest import ROOT
 
 PACKAGE = ROOT / "src" / "digitrec"
-CORE = ("config", "settings", "data", "folds", "models", "augment", "hardware", "engine", "stacked", "nets", "outcome", "planner", "pipeline",
-        "competition")
+CORE = ("config", "settings", "data", "folds", "models", "augment", "hardware", "engine", "stacked", "nets", "outcome",
+        "planner", "budget", "pipeline", "competition")
 KAGGLE = ("kaggle_client", "commands", "cli")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, train_small_run
-from digitrec import cli, config, engine, fileio, planner
+from digitrec import budget, cli, config, engine, fileio, planner
 from digitrec.planner import Rates, Work
 from digitrec.submission import read_submission
 
@@ -89,7 +89,7 @@ def fake_time(monkeypatch: pytest.MonkeyPatch) -> dict:
     """The run's clock, moved on by hand, and every layout measured very fast: so every plan is the whole small
     ladder, and what the pace sees is what the test says a net took."""
     now = {"s": 0.0, "per_net": 0.0}
-    monkeypatch.setattr(planner, "clock", lambda: now["s"])
+    monkeypatch.setattr(budget, "clock", lambda: now["s"])
     monkeypatch.setattr(planner, "MIN_EPOCHS", 1)
     monkeypatch.setattr(planner, "MAX_EPOCHS", 2)
     monkeypatch.setattr(planner, "measure", lambda cfg, device, data, stacks, ranks: Rates(

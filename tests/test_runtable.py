@@ -99,7 +99,7 @@ def test_overrides_are_against_the_projects_config_of_the_same_name(folders: Pat
 
 def test_a_budget_shows_in_its_own_column(folders: Path) -> None:
     complete, interrupted = folders / "small-20260101-100000", folders / "small-20260102-100000"
-    metrics = fileio.read_json(complete / "metrics.json")  # as planner.outcome records a budgeted run's
+    metrics = fileio.read_json(complete / "metrics.json")  # as budget.outcome records a budgeted run's
     fileio.write_json(complete / "metrics.json", {**metrics, "budget": {
         "budget": "30m", "budget_s": 1800.0, "wall_s": 900.0, "wall_fraction_of_budget": 0.5,
         "shed": {"m1": "the pace fell behind"}}})

@@ -315,10 +315,7 @@ def default_stacks(device: torch.device, plan: Plan) -> tuple[int, ...]:
 def layout_rates(cfg: Config, dataset: data_mod.Dataset, device: torch.device) -> dict[str, dict]:
     """The step rates `make train BUDGET=` plans from, measured as it measures them (planner.measure): every
     layout of the ladder at the config's own BS x ACCUM, with each number of nets per step it would try."""
-    rows = min(len(dataset.train_labels), 4096)
-    images = torch.from_numpy(dataset.train_images[:rows]).to(device)
-    data = engine.FoldData(images, torch.from_numpy(dataset.train_labels[:rows]).to(device), torch.arange(rows),
-                           torch.arange(0), images[:0])
+    data = planner.timing_data(dataset, device)
     stacks = planner.stack_candidates(cfg, device, cfg.folds)
     rates = {planner.layout_name(layout): planner.measure(planner.layout_config(cfg, layout), device, data, stacks)
              for layout in planner.ladder(cfg)}
@@ -370,7 +367,7 @@ def run(cfg: Config, overrides: list[str], config_path: str, plan: Plan, stacks:
         stacked_figures.update({f"stacked{nets}_img_per_s": img_per_s, f"stacked{nets}_speedup": img_per_s / ours})
     conventional = stage("training, conventional path", lambda: conventional_throughput(
         cfg, dataset.train_images, dataset.train_labels, device, plan))
-    # the issue's comparison is with a typical (fp32) kernel; the same path under our autocast shows how
+    # the comparison that counts is with a typical (fp32) kernel; the same path under our autocast shows how
     # much of the speed-up is the in-memory data path and how much is mixed precision
     conventional_mixed = stage(f"training, conventional path with {compute} autocast", lambda: conventional_throughput(
         cfg, dataset.train_images, dataset.train_labels, device, plan, precision=compute)) if mixed else conventional
@@ -406,7 +403,7 @@ def command(args: argparse.Namespace) -> None:
     overrides = [f"{key}={value}" for key, value in items.items()]  # also handed to the memory run's child
     quick, keep = ours.quick, ours.record
     results_path = Path(ours.results)
-    # ACCUM=8 is the issue's setting for the throughput figures; an explicit ACCUM= still wins
+    # ACCUM=8 is the setting of the recorded throughput figures; an explicit ACCUM= still wins
     cfg = config_mod.load(args.config, ["accum=8", *overrides])
 
     # the budget's rates at the config's own step, as `make train BUDGET=` would time them

@@ -1,6 +1,6 @@
 """`make bench`'s figures against those recorded in benchmarks/results.json: the key a machine's figures are
 recorded under (a quick run's apart from a full one's), the file read and written, like compared only with like,
-what got worse beyond the tolerance, and the table that shows both beside the issue's targets.
+what got worse beyond the tolerance, and the table that shows both beside the targets.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ TOLERANCE = 0.10
 # speedup and FLOP fraction are ratios to them.
 HIGHER_IS_BETTER = ("train_img_per_s",)
 LOWER_IS_BETTER = ("predict_s_per_fold", "ensemble_s", "csv_cold_s", "csv_cached_s", "peak_rss_gib")
-# The issue's targets for the 2-core CPU: (key, comparison, bound).
+# The targets for the 2-core CPU: (key, comparison, bound).
 TARGETS = {"speedup": (">=", 2.0), "flop_limit_fraction": (">=", 0.60), "csv_cold_s": ("<=", 1.5),
            "csv_cached_s": ("<=", 0.2), "predict_s_per_fold": ("<=", 5.0), "peak_rss_gib": ("<=", 3.0)}
 

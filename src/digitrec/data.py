@@ -314,7 +314,7 @@ def _stat_key(source: Source) -> str:
 
 def parse_all(raws: dict[str, bytes], source: Source) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate the three files; train.csv and test.csv are parsed at once on two threads (pandas' C parser
-    releases the GIL), which takes the cold load from the sum of the two to about the longer one."""
+    lets go of the GIL), which takes the cold load from the sum of the two to about the longer one."""
     with ThreadPoolExecutor(2) as pool:
         train = pool.submit(parse_train, raws["train.csv"], source.name_of("train.csv"))
         test = pool.submit(parse_test, raws["test.csv"], source.name_of("test.csv"))

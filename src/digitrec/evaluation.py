@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import config as config_mod
-from . import engine, fileio, hardware, logs, pipeline, plots, runs
+from . import engine, fileio, hardware, logs, nets, pipeline, plots, runs
 from . import settings as settings_mod
 from .config import Config
 from .cost import CostSettings, ensemble_cost, model_cost
@@ -189,21 +189,21 @@ def net_history(net_dir: Path) -> tuple[list[dict], bool] | None:
 
 
 def draw_curves(run_dir: Path) -> Curves:
-    """run_dir/curves.png of every net of the run that has finished an epoch (pipeline.units_to_train: each
+    """run_dir/curves.png of every net of the run that has finished an epoch (nets.units_to_train: each
     member on each fold, pseudo-label rounds, refit)."""
     cfg = config_mod.load(run_dir / "config.yaml")
-    units = pipeline.units_to_train(cfg)
-    nets = []
+    units = nets.units_to_train(cfg)
+    drawn = []
     for unit in units:
         found = net_history(unit.dir(run_dir))
         if found is not None:
-            nets.append(plots.NetCurve(unit.member, unit.round, unit.fold, *found))
+            drawn.append(plots.NetCurve(unit.member, unit.round, unit.fold, *found))
     members = config_mod.member_configs(cfg)
     names = [f"member {j}: {model_name(m)}" if len(members) > 1 else model_name(m) for j, m in enumerate(members)]
-    curves = Curves(nets, len(units), run_dir / "curves.png")
-    finished = all(net.finished for net in nets) and len(nets) == len(units)
+    curves = Curves(drawn, len(units), run_dir / "curves.png")
+    finished = all(net.finished for net in drawn) and len(drawn) == len(units)
     title = f"{run_dir.name}: learning curves" + ("" if finished else f" (incomplete: {curves.describe()})")
-    plots.curves_png(nets, names, curves.path, title)
+    plots.curves_png(drawn, names, curves.path, title)
     return curves
 
 

@@ -100,7 +100,7 @@ def folds_to_train(cfg: Config) -> list[int]:
 def units_to_train(cfg: Config, folds: list[int] | None = None, refit: bool | None = None) -> list[Unit]:
     """Every member on every fold to train (or on `folds`), round after round (pseudo_rounds), then
     (refit: true) every member of the last round on all rows. A budgeted run trains member after member, all
-    folds of each, so a member it sheds for time (planner.Pace) is one it has not started."""
+    folds of each, so a member it sheds for time (budget.Pace) is one it has not started."""
     members = range(len(config_mod.member_configs(cfg)))
     folds = folds_to_train(cfg) if folds is None else folds
     if cfg.budget:

@@ -64,7 +64,7 @@ def finish(run_dir: Path, cfg: Config, labels: np.ndarray, split: Split, demo: b
     pseudo-labels the metrics also hold every round's OOF and the paired test of the last round against
     the first. `prediction`: a `make predict` folder inside the run, where the nets' probabilities were
     written and the run's outputs go (default: the run's own, as training wrote them). `budget`: a budgeted
-    run's plan against what it did (planner.outcome), kept in metrics.json."""
+    run's plan against what it did (budget.outcome), kept in metrics.json."""
     probs_root = prediction or run_dir
     n_members = len(config_mod.member_configs(cfg))
     last = cfg.pseudo_rounds

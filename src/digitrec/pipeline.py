@@ -23,7 +23,7 @@ import torch
 
 from . import config as config_mod
 from . import data as data_mod
-from . import distributed, engine, fileio, hardware, logs, planner, pseudo, runs, stacked
+from . import budget, distributed, engine, fileio, hardware, logs, pseudo, runs, stacked
 from .config import Config
 from .errors import UserError
 from .nets import Split, Unit, make_split, read_split, teachers_of, units_to_train
@@ -52,7 +52,7 @@ def _prepare_run(cfg: Config, dataset: data_mod.Dataset, plan: dict | None = Non
                                               "train_rows": len(split.rows), "test_rows": len(dataset.test_images)})
     fileio.write_npz(run_dir / "folds.npz", rows=split.rows, fold_of=split.fold_of, member_fold_of=split.member_fold_of)
     if plan is not None:
-        fileio.write_json(run_dir / planner.PLAN_FILE, plan)
+        fileio.write_json(run_dir / budget.PLAN_FILE, plan)
     # config.yaml last: a folder killed before it is no run at all (runs.list_runs ignores it)
     fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
     log.info(f"run folder: {run_dir}")
@@ -167,7 +167,7 @@ def _train(cfg: Config, device: torch.device, ranks: distributed.Ranks) -> RunRe
         distributed.barrier(ranks)
     plan = None
     if cfg.budget:  # before the run folder: a budget too small writes nothing
-        cfg, plan = planner.plan_run(cfg, dataset, device, ranks)
+        cfg, plan = budget.plan_run(cfg, dataset, device, ranks)
     if ranks.is_main:
         prepared = _prepare_run(cfg, dataset, plan)
     run_dir, split = distributed.share(prepared if ranks.is_main else None, ranks)
@@ -191,7 +191,7 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
     labels = dataset.train_labels[split.rows]
     units = units_to_train(cfg)
     mine = units[ranks.rank::ranks.world] if by_folds else units
-    pace = planner.pace_for(cfg, run_dir, units) if cfg.budget else None
+    pace = budget.pace_for(cfg, run_dir, units, ranks.world if by_folds else 1) if cfg.budget else None
 
     def job(unit: Unit) -> stacked.Job:
         """The net's job; a student's selection is made here (small), its data only when it trains (large)."""
@@ -231,7 +231,7 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
                 log.info(f"{one.label}: trained on all {len(labels)} rows in {seconds:.0f}s")
     planned = cfg
     if pace is not None:  # the plan as done: what was shed for time is not waited for, and not in the run
-        cfg = planner.kept(cfg, pace.shed())
+        cfg = budget.kept(cfg, pace.shed())
         units = units_to_train(cfg)
     if by_folds:  # every rank waits for the others' nets, so the final barrier waits only for finish()
         _wait_for(units, run_dir, announce=ranks.is_main)
@@ -240,8 +240,8 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
     if pace is None:
         return finish(run_dir, cfg, labels, split, demo=dataset.demo)
     fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())  # make predict and evaluate read the run as done
-    result = finish(run_dir, cfg, labels, split, demo=dataset.demo, budget=planner.outcome(planned, cfg, run_dir))
-    log.info(planner.summary(result.metrics["budget"]))
+    result = finish(run_dir, cfg, labels, split, demo=dataset.demo, budget=budget.outcome(planned, cfg, run_dir))
+    log.info(budget.summary(result.metrics["budget"]))
     return result
 
 
@@ -265,8 +265,8 @@ def _groups(units: list[Unit], job, nets_per_step: int, run_dir: Path, ranks: di
             yield [pending[i] for i in indices]
 
 
-def _admitted(pace: planner.Pace, units: list[Unit], ranks: distributed.Ranks, by_folds: bool) -> bool:
-    """Whether a budgeted run's next nets still fit (planner.Pace): each fold-parallel rank asks for its own nets;
+def _admitted(pace: budget.Pace, units: list[Unit], ranks: distributed.Ranks, by_folds: bool) -> bool:
+    """Whether a budgeted run's next nets still fit (budget.Pace): each fold-parallel rank asks for its own nets;
     data-parallel ranks train every net together, so rank 0 answers for all."""
     if by_folds:
         return pace.admit(units)

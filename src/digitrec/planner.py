@@ -1,33 +1,25 @@
-"""`make train BUDGET=30m`: the run that the evidence says scores best within the time there is, on this machine.
-
-Before training, `measure` times a few warm steps of each layout of the ladder on this device, in this precision and
-thread count (with several nets per step where that may pay), and prediction the same way. `choose` then estimates
-every plan (members of the ladder, epochs, TTA, refit, nets per step) from those rates and picks, among the plans
-that fit, the one with the fewest test errors by the evidence model below. The plan is an ordinary config: the
-members, epochs, tta, refit and nets_per_step it sets are written in the run's config.yaml, so resume, `make predict`,
-`make evaluate` and `make compare` read a budgeted run as any other. While the run trains, `Pace` is asked before
-each net or group whether what is left still fits; when it does not, the last member that has not started is shed
-whole (all its folds), then the next, so no member enters the ensemble with folds missing and no net is cut short.
+"""The plan of `make train BUDGET=30m`: the ladder of layouts a plan takes members from, the step rates it is planned
+from (`measure`: a few warm steps of a layout on this device, in this precision and thread count, with several nets
+per step where that may pay, and prediction the same way), the evidence model of what a plan scores, and `choose`:
+among the plans that fit the budget, the one with the fewest expected test errors. A plan is an ordinary config (the
+members, their epochs, tta, refit and nets_per_step); budget.py makes it for a run and keeps the run to it.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from . import config as config_mod
-from . import cost, distributed, engine, fileio, runs, stacked
+from . import engine, stacked
 from .config import Config
 from .distributed import ALONE, Ranks
 from .errors import UserError
-from .nets import folds_to_train, make_split
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +35,13 @@ MIN_EPOCHS, MAX_EPOCHS = 4, 40  # past about 40 a net gained nothing measured
 # epochs and about 100 at 40-44 (seven seeds: 92-106), fitted as a + b / epochs. Averaging nets of one layout gained
 # little (nine made 91 where one made about 100; six seeds on one fold: 40 errors against 41.2 on average), so a
 # member's five fold nets count as about 0.94 of one net, less a little for each training on 80% of the rows; nets of
-# different layouts gained more (seven nets of four layouts: 87), counted per layout on the members' mean. TTA is not
-# resolved by our measurements (+0.04 points on one run's OOF, nothing on another): counted as a small gain.
+# different layouts gained more (seven nets of four layouts: 87), counted per layout on the members' mean. TTA, the
+# nine views: 165 errors against 183 without, on the same five nets' 42000 OOF rows (McNemar p = 0.0009; 2-core
+# AMD EPYC, torch 2.14.1, 2026-12-06; docs/results.md).
 SINGLE_NET_ERRORS = (86.3, 588.0)
 FOLD_NETS_FACTOR = 0.94 * 1.03  # a member's fold nets averaged (no refit), against one net on all rows (the refit)
 LAYOUTS_FACTOR = (1.0, 0.93, 0.90, 0.87)  # 1, 2, 3, 4 layouts averaged; each further one 0.99 of the last
-TTA_FACTOR = 0.97
-TEST_ROWS = 28000
+TTA_FACTOR = 165 / 183
 
 # A plan fills this share of what is left of the budget: the rates come from a few steps, a run's epochs scatter by a
 # few percent, and the run should end inside its budget, not past it
@@ -61,21 +53,6 @@ EPOCH_OVERHEAD_S = 0.05
 FINISH_S = 3.0
 TIMED_STEPS = 2  # after as many untimed ones
 PREDICT_ROWS = 512
-
-
-def process_seconds() -> float:
-    """Seconds since this process started (Linux: its start time in /proc), so a budget counts the interpreter's and
-    torch's start-up too; elsewhere, since this module was imported."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.monotonic() - _IMPORTED
-
-
-_IMPORTED = time.monotonic()
-clock: Callable[[], float] = process_seconds  # the run's clock; tests put a faster one in
 
 
 def minutes(seconds: float) -> str:
@@ -173,6 +150,15 @@ def measure(cfg: Config, device: torch.device, data: engine.FoldData, stacks: tu
     net = engine.build_net(cfg, device)
     images = data.images[:PREDICT_ROWS]
     return Rates(train, len(images) / _seconds(lambda: engine.predict_proba(net, images, cfg, device), device))
+
+
+def timing_data(dataset, device: torch.device, rows: int = 4096) -> engine.FoldData:
+    """What the steps are timed on: the first training rows of a data.Dataset on the device (what the images show
+    does not change a step's time)."""
+    rows = min(len(dataset.train_labels), rows)
+    images = torch.from_numpy(dataset.train_images[:rows]).to(device)
+    return engine.FoldData(images, torch.from_numpy(dataset.train_labels[:rows]).to(device), torch.arange(rows),
+                           torch.arange(0), images[:0])
 
 
 def layout_config(base: Config, layout: dict) -> Config:
@@ -347,155 +333,3 @@ def record(plan: Plan, base: Config, rates: dict[str, Rates], spent_s: float, ti
             "timing_s": timing_s, "rates": {name: dataclasses.asdict(rate) for name, rate in rates.items()},
             "members": plan.members, "tta": plan.tta, "refit": plan.refit, "nets_per_step": plan.nets_per_step,
             "estimated_s": plan.estimated_s, "expected_test_errors": plan.expected_errors, "nets": plan.nets}
-
-
-# ---------------------------------------------------------------- keeping to the budget while the run trains
-
-
-SHED = "shed-{}.json"  # in the run folder: a member ("m2") or the refit ("refit") shed for time
-
-
-class Pace:
-    """Asked before each net or group starts: does what is left still fit the budget, at the pace the finished nets
-    kept? If not, shed what has not started from the end (the refit, then the last member, all its folds), until it
-    fits or only the first member is left. Shed parts are files in the run folder, so every rank and a resumed run
-    see them."""
-
-    def __init__(self, cfg: Config, run_dir: Path, estimates: dict, blocks: list[tuple[str, list]]):
-        self.budget_s, self.run_dir = cfg.budget_s, run_dir
-        self.estimates = estimates  # unit -> estimated seconds
-        self.blocks = blocks  # (name, units) in training order: "m0", "m1", ..., "refit"
-        self.spent = {"estimated": 0.0, "actual": 0.0}
-        self.started = 0.0  # when the nets admitted last started, on the run's clock
-
-    def shed(self) -> set[str]:
-        return {name for name, _ in self.blocks if (self.run_dir / SHED.format(name)).is_file()}
-
-    def _started(self, units: list) -> bool:
-        return any(u.is_done(self.run_dir) or (u.dir(self.run_dir) / "resume.pt").is_file() for u in units)
-
-    def admit(self, units: list) -> bool:
-        """Whether these nets (about to start) are still in the plan; sheds from the end first if it must. Blocks
-        are shed strictly from the end, so the members kept are always the first ones."""
-        shed = self.shed()
-        pace = self.spent["actual"] / self.spent["estimated"] if self.spent["estimated"] else 1.0
-        for name, members in reversed(self.blocks):
-            if name in shed:
-                continue
-            now = clock()
-            left = pace * sum(self.estimates[u] for n, us in self.blocks if n not in shed for u in us
-                              if not u.is_done(self.run_dir))
-            if now + left + FINISH_S <= self.budget_s or name == self.blocks[0][0] or self._started(members):
-                break  # it fits; or the first member, or one with nets trained, which stays whole
-            why = (f"{minutes(now)} spent and {minutes(left)} left at {pace:.2f}x the estimated pace: past the "
-                   f"budget's {minutes(self.budget_s)}")
-            fileio.write_json(self.run_dir / SHED.format(name), {"at_s": now, "left_s": left, "pace": pace, "why": why})
-            log.info(f"budget: shedding {'the refit' if name == 'refit' else 'member ' + name[1:]} "
-                     f"({len(members)} net(s)): {why}")
-            shed.add(name)
-        self.started = clock()
-        return not any(units[0] in members for name, members in self.blocks if name in shed)
-
-    def finished(self, units: list) -> None:
-        """The nets admitted last have trained: the pace so far is how long they took against their estimate."""
-        self.spent["estimated"] += sum(self.estimates[u] for u in units)
-        self.spent["actual"] += clock() - self.started
-
-
-def kept(cfg: Config, shed: set[str]) -> Config:
-    """The planned config less what was shed: the members before the first shed one, the refit unless shed."""
-    first_shed = min((int(name[1:]) for name in shed if name != "refit"), default=len(cfg.members or [None]))
-    members = cfg.members[:first_shed] if cfg.members else None
-    return dataclasses.replace(cfg, members=members, refit=cfg.refit and "refit" not in shed)
-
-
-# ---------------------------------------------------------------- a budgeted run, start to end
-
-PLAN_FILE = "plan.json"
-
-
-def _slowest(per_rank: list[Rates]) -> Rates:
-    """Every rank's rates of a layout, the slowest of each: ranks sharing a machine wait for the last one."""
-    return Rates({k: min(r.train[k] for r in per_rank) for k in per_rank[0].train if all(k in r.train for r in per_rank)},
-                 min(r.predict for r in per_rank))
-
-
-def plan_run(cfg: Config, dataset, device: torch.device, ranks: Ranks) -> tuple[Config, dict]:
-    """A budgeted run's config and plan.json: the plan of the interrupted run it resumes, else a new plan from step
-    rates measured here and now. Every rank times its steps at the same time, so ranks that share a
-    machine time their share of it, and all of them choose alike from the slowest rank's rates."""
-    resumable = distributed.share(runs.find_resumable(cfg) if ranks.is_main else None, ranks)
-    if resumable is not None:
-        saved = config_mod.load(resumable / "config.yaml")
-        log.info(f"budget {cfg.budget}: resuming the plan of {resumable.name}")
-        planned = dataclasses.replace(cfg, **{k: getattr(saved, k) for k in (*config_mod.PLANNED, "nets_per_step")})
-        return planned, fileio.read_json(resumable / PLAN_FILE)
-    by_folds = cfg.parallel == "folds" and ranks.world > 1
-    work = Work(len(make_split(cfg, dataset.train_labels).rows), cfg.folds, folds_to_train(cfg),
-                len(dataset.test_images), ranks.world if by_folds else 1)
-    started = clock()
-    rows = min(len(dataset.train_labels), 4096)
-    images = torch.from_numpy(dataset.train_images[:rows]).to(device)
-    data = engine.FoldData(images, torch.from_numpy(dataset.train_labels[:rows]).to(device), torch.arange(rows),
-                           torch.arange(0), images[:0])
-    layouts, rates = ladder(cfg), {}
-    stacks = stack_candidates(cfg, device, len(work.folds_trained))
-    log.info(f"budget {cfg.budget}: timing a few steps of each layout on {device} before planning (seconds)")
-    for j, layout in enumerate(layouts):
-        if j and not _may_afford(cfg, layouts[:j + 1], rates, work, ranks):
-            layouts = layouts[:j]  # a further layout is not worth its timing: the budget cannot take it
-            break
-        mine = measure(layout_config(cfg, layout), device, data, stacks, ranks if cfg.parallel == "data" else ALONE)
-        rates[layout_name(layout)] = _slowest(distributed.gather(mine, ranks))
-        log.info(f"  {describe_rates({layout_name(layout): rates[layout_name(layout)]})[0]}")
-    del images, data
-    timing_s, spent = distributed.share((clock() - started, clock()), ranks)
-    plan = choose(cfg, layouts, rates, work, spent)
-    log.info(f"plan for BUDGET={cfg.budget}:\n{table(plan, cfg.budget_s, spent)}")
-    return plan.config(cfg), record(plan, cfg, rates, spent, timing_s)
-
-
-def _may_afford(base: Config, layouts: list[dict], rates: dict[str, Rates], work: Work, ranks: Ranks) -> bool:
-    """Whether the budget could take one more layout (the last of `layouts`, not timed yet) at the lowest rung,
-    guessing its rates from the layout before it scaled by their FLOPs per image; rank 0's answer, so every rank
-    times the same layouts."""
-    new, last = layouts[-1], layouts[-2]
-    flops = {layout_name(x): cost.flops_per_image(engine.build_net(layout_config(base, x), torch.device("cpu")),
-                                                  torch.device("cpu")) for x in (new, last)}
-    ratio = flops[layout_name(last)] / flops[layout_name(new)]
-    known = rates[layout_name(last)]
-    guess = {**rates, layout_name(new): Rates({k: v * ratio for k, v in known.train.items()}, known.predict * ratio)}
-    need = clock() + FINISH_S + lowest_rung_s(layouts, guess, work) / work.ranks
-    return distributed.share(need <= base.budget_s * PLAN_FILL, ranks)
-
-
-def pace_for(cfg: Config, run_dir: Path, units: list) -> Pace:
-    """The Pace of a budgeted run's nets, from the estimates in its plan.json."""
-    estimated = {(net["fold"], net["member"]): net["estimated_s"] for net in fileio.read_json(run_dir / PLAN_FILE)["nets"]}
-    members = len(config_mod.member_configs(cfg))
-    blocks = [(f"m{j}", [u for u in units if u.member == j and u.fold is not None]) for j in range(members)]
-    blocks += [("refit", [u for u in units if u.fold is None])] if cfg.refit else []
-    return Pace(cfg, run_dir, {u: estimated.get((u.fold, u.member), 0.0) for u in units}, blocks)
-
-
-def outcome(planned: Config, done: Config, run_dir: Path) -> dict:
-    """metrics.json's budget entry: what was planned, what was trained, what was shed and why, and the wall time of
-    this process so far (the whole `make train` when it was not resumed)."""
-    plan = fileio.read_json(run_dir / PLAN_FILE)
-    shed = {name: fileio.read_json(run_dir / SHED.format(name))["why"]
-            for name in [f"m{j}" for j in range(len(planned.members or [None]))] + ["refit"]
-            if (run_dir / SHED.format(name)).is_file()}
-    wall = clock()
-    return {"budget": planned.budget, "budget_s": planned.budget_s, "wall_s": wall,
-            "wall_fraction_of_budget": wall / planned.budget_s, "estimated_s": plan["estimated_s"],
-            "planned": {"members": len(planned.members or [None]), "refit": planned.refit, "nets": len(plan["nets"])},
-            "done": {"members": len(done.members or [None]), "refit": done.refit}, "shed": shed}
-
-
-def summary(budget: dict) -> str:
-    """The final line of a budgeted run."""
-    shed = f"; shed for time: {', '.join(budget['shed'])}" if budget["shed"] else ""
-    return (f"budget {budget['budget']}: planned {budget['planned']['members']} member(s)"
-            f"{' + refit' if budget['planned']['refit'] else ''}, trained {budget['done']['members']}"
-            f"{' + refit' if budget['done']['refit'] else ''}{shed}; {minutes(budget['wall_s'])} of "
-            f"{minutes(budget['budget_s'])} ({budget['wall_fraction_of_budget']:.0%})")

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
+from .data import cache_dir
+
+# matplotlib builds a font cache on first use, by default in the user's home; the project keeps it with its own
+# caches (input/.cache/), so a `make train`, which draws its learning curves, writes nowhere outside the project
+os.environ.setdefault("MPLCONFIGDIR", str((cache_dir() / "matplotlib").resolve()))
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # no display on servers, CI or a Kaggle kernel
 import matplotlib.pyplot as plt  # noqa: E402

@@ -2,6 +2,7 @@
 
 A run folder holds:
   config.yaml          the resolved config
+  plan.json            a budgeted run's plan (budget.py); shed-<m<j>|refit>.json: what it shed for time
   data.json            where the data came from, its content hash, whether it is the demo set
   folds.npz            rows (indices into train.csv), fold_of (the fold each row is held out in) and
                        member_fold_of (members, rows): each member's own folds (they differ with fold_seed)
@@ -132,7 +133,7 @@ def lock(run_dir: Path) -> None:
 def unlock(run_dir: Path) -> None:
     handle = _held.pop(run_dir.resolve(), None)
     if handle is not None:
-        handle.close()  # closing the file releases the flock
+        handle.close()  # closing the file lets the flock go
 
 
 def is_locked(run_dir: Path) -> bool:
@@ -146,7 +147,7 @@ def is_locked(run_dir: Path) -> bool:
         handle = open(run_dir / LOCK, "rb")
     except FileNotFoundError:
         return False
-    with handle:  # closing the file releases the probe's own lock
+    with handle:  # closing the file lets the probe's own lock go
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -213,7 +213,7 @@ def _results(metrics: dict, problems: list[str]) -> dict[str, Any]:
 
 def _budget(metrics: dict | None, raw: dict | None) -> str | None:
     """A time-budgeted run's BUDGET (config.yaml), and once it is complete how much of it the run took and which
-    members it shed (metrics.json's budget entry: planner.outcome); None for any other run."""
+    members it shed (metrics.json's budget entry: budget.outcome); None for any other run."""
     entry = metrics.get("budget") if metrics else None
     if not (isinstance(entry, dict) and entry.get("budget") is not None):
         return _text(raw["budget"]) if raw and raw.get("budget") is not None else None
