@@ -101,8 +101,8 @@ def kept(cfg: Config, shed: set[str]) -> Config:
 
 def _slowest(per_rank: list[Rates]) -> Rates:
     """Every rank's rates of a layout, the slowest of each: ranks sharing a machine wait for the last one."""
-    return Rates({k: min(r.train[k] for r in per_rank) for k in per_rank[0].train if all(k in r.train for r in per_rank)},
-                 min(r.predict for r in per_rank))
+    common = [k for k in per_rank[0].train if all(k in r.train for r in per_rank)]
+    return Rates({k: min(r.train[k] for r in per_rank) for k in common}, min(r.predict for r in per_rank))
 
 
 def plan_run(cfg: Config, dataset, device: torch.device, ranks: Ranks) -> tuple[Config, dict]:
@@ -155,7 +155,8 @@ def _may_afford(base: Config, layouts: list[dict], rates: dict[str, Rates], work
 
 def pace_for(cfg: Config, run_dir: Path, units: list, ranks: int = 1) -> Pace:
     """The Pace of a budgeted run's nets, from the estimates in its plan.json; `ranks` processes share them."""
-    estimated = {(net["fold"], net["member"]): net["estimated_s"] for net in fileio.read_json(run_dir / PLAN_FILE)["nets"]}
+    nets = fileio.read_json(run_dir / PLAN_FILE)["nets"]
+    estimated = {(net["fold"], net["member"]): net["estimated_s"] for net in nets}
     members = len(config_mod.member_configs(cfg))
     blocks = [(f"m{j}", [u for u in units if u.member == j and u.fold is not None]) for j in range(members)]
     blocks += [("refit", [u for u in units if u.fold is None])] if cfg.refit else []

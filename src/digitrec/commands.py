@@ -327,7 +327,8 @@ def cmd_kernel(args) -> None:
                         f"give at most BUDGET=11h30m")
     out = kernel.build(competition.kernel_dir(), cfg, kernel_id, options.accel, options.nproc)
     accel = kernel.accelerator(options.accel)
-    work = f"BUDGET={cfg.budget}, planned on the kernel's machine" if cfg.budget else f"{cfg.epochs} epochs x {cfg.folds} folds"
+    work = f"BUDGET={cfg.budget}, planned on the kernel's machine" if cfg.budget else \
+        f"{cfg.epochs} epochs x {cfg.folds} folds"
     print(f"{out}/: {competition.METADATA} (id {kernel_id}, {accel}: {kernel.ACCELERATORS[accel]}; internet off, "
           f"competition {NAME}) and {kernel.SCRIPT} ({(out / kernel.SCRIPT).stat().st_size} bytes, {work}); push it "
           f"with `make kernel-push`")

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from . import config as config_mod
-from . import engine, stacked
+from . import distributed, engine, stacked
 from .config import Config
 from .distributed import ALONE, Ranks
 from .errors import UserError
@@ -51,7 +51,8 @@ PLAN_FILL = 0.92
 NET_OVERHEAD_S = 1.0
 EPOCH_OVERHEAD_S = 0.05
 FINISH_S = 3.0
-TIMED_STEPS = 2  # after as many untimed ones
+TIMED_S = 0.5  # each rate is timed over calls that take at least this long together
+MAX_TIMED_CALLS = 256
 PREDICT_ROWS = 512
 
 
@@ -98,19 +99,27 @@ def stack_candidates(base: Config, device: torch.device, folds: int) -> tuple[in
     return tuple(k for k in wanted if k <= max(1, folds))
 
 
-def _seconds(run: Callable[[], object], device: torch.device) -> float:
-    run()  # warm: the first step builds the kernels' caches
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
+def _seconds_per_call(call: Callable[[], object], device: torch.device, ranks: Ranks = ALONE) -> float:
+    """Seconds one call takes: after an untimed one (it builds the kernels' caches), calls in runs of 1, 2, 4, ...
+    until a run lasts TIMED_S (a few steps of a slow layout, many of a fast one: the same precision for both). Rank
+    0 says when to stop, so data-parallel ranks, whose steps wait for each other, take the same steps."""
+    call()
+    calls = 1
+    while True:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        for _ in range(calls):
+            call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        if distributed.share(seconds >= TIMED_S or calls >= MAX_TIMED_CALLS, ranks):
+            return seconds / calls
+        calls *= 2
 
 
-def step_rate(cfg: Config, device: torch.device, data: engine.FoldData, nets: int, steps: int = TIMED_STEPS,
-              ranks: Ranks = ALONE) -> float:
+def step_rate(cfg: Config, device: torch.device, data: engine.FoldData, nets: int, ranks: Ranks = ALONE) -> float:
     """Images/s over all nets of `nets` nets stepped together (engine.Trainer.update for one, stacked.StackedTrainer
     for more), each on its own windows of BS x ACCUM: what an epoch of the run's training costs."""
     window = cfg.effective_batch
@@ -127,12 +136,7 @@ def step_rate(cfg: Config, device: torch.device, data: engine.FoldData, nets: in
         group = stacked.StackedTrainer(cfg, [cfg.seed + i for i in range(nets)], device, len(data.train_idx))
         group.train()
         update = lambda: group.update(windows(), [data] * nets)  # noqa: E731 (as stacked.train_group steps them)
-
-    def run() -> None:
-        for _ in range(steps):
-            update()
-
-    return steps * nets * window / _seconds(run, device)
+    return nets * window / _seconds_per_call(update, device, ranks)
 
 
 def measure(cfg: Config, device: torch.device, data: engine.FoldData, stacks: tuple[int, ...],
@@ -149,7 +153,8 @@ def measure(cfg: Config, device: torch.device, data: engine.FoldData, stacks: tu
             torch.cuda.empty_cache()
     net = engine.build_net(cfg, device)
     images = data.images[:PREDICT_ROWS]
-    return Rates(train, len(images) / _seconds(lambda: engine.predict_proba(net, images, cfg, device), device))
+    predict_s = _seconds_per_call(lambda: engine.predict_proba(net, images, cfg, device), device)
+    return Rates(train, len(images) / predict_s)
 
 
 def timing_data(dataset, device: torch.device, rows: int = 4096) -> engine.FoldData:
