@@ -188,3 +188,20 @@ def test_a_killed_job_resumes_under_torchrun(workdir: Path, demo_dir: Path) -> N
     assert [p.name for p in (workdir / "runs").iterdir()] == [run.name]
     assert (run / "fold0" / "m0" / "done.json").stat().st_mtime_ns == finished  # kept, not retrained
     assert np.isfinite(np.load(run / "oof_probs.npy")).all() and (run / "metrics.json").is_file()
+
+
+def test_a_budgeted_run_plans_once_for_fold_parallel_ranks(workdir: Path, demo_dir: Path) -> None:
+    """BUDGET= under torchrun: both ranks time their steps at once, plan alike from the slower one's rates, and
+    share the nets of the plan (a one-layout ladder keeps the timing short)."""
+    result = subprocess.run(train_command(2, demo_dir, "LIMIT=300", "FOLDS=2", "BUDGET=60s", "parallel=folds",
+                                          "members=[{model: gn_cnn, width: 8}]", "tta=false"),
+                            cwd=workdir, env=env(workdir), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("plan for BUDGET=60s") == 1  # rank 0 speaks for both
+    (run,) = (workdir / "runs").iterdir()
+    plan = fileio.read_json(run / "plan.json")
+    assert [member["width"] for member in plan["members"]] == [8] and len(plan["nets"]) == 2
+    assert config.load(run / "config.yaml").members == plan["members"]
+    metrics = fileio.read_json(run / "metrics.json")
+    assert metrics["folds_done"] == [0, 1] and metrics["budget"]["done"]["members"] == 1
+    assert result.stdout.count("submission: ") == 1

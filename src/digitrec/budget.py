@@ -109,10 +109,11 @@ def plan_run(cfg: Config, dataset, device: torch.device, ranks: Ranks) -> tuple[
     """A budgeted run's config and plan.json: the plan of the interrupted run it resumes, else a new plan from step
     rates measured here and now. Every rank times its steps at the same time, so ranks that share a
     machine time their share of it, and all of them choose alike from the slowest rank's rates."""
+    say = log.info if ranks.is_main else _quiet  # one plan, told once: fold-parallel ranks log their own nets
     resumable = distributed.share(runs.find_resumable(cfg) if ranks.is_main else None, ranks)
     if resumable is not None:
         saved = config_mod.load(resumable / "config.yaml")
-        log.info(f"budget {cfg.budget}: resuming the plan of {resumable.name}")
+        say(f"budget {cfg.budget}: resuming the plan of {resumable.name}")
         planned = dataclasses.replace(cfg, **{k: getattr(saved, k) for k in (*config_mod.PLANNED, "nets_per_step")})
         return planned, fileio.read_json(resumable / PLAN_FILE)
     by_folds = cfg.parallel == "folds" and ranks.world > 1
@@ -122,7 +123,7 @@ def plan_run(cfg: Config, dataset, device: torch.device, ranks: Ranks) -> tuple[
     data = planner.timing_data(dataset, device)
     layouts, rates = planner.ladder(cfg), {}
     stacks = planner.stack_candidates(cfg, device, len(work.folds_trained))
-    log.info(f"budget {cfg.budget}: timing a few steps of each layout on {device} before planning (seconds)")
+    say(f"budget {cfg.budget}: timing a few steps of each layout on {device} before planning (seconds)")
     for j, layout in enumerate(layouts):
         if j and not _may_afford(cfg, layouts[:j + 1], rates, work, ranks):
             layouts = layouts[:j]  # a further layout is not worth its timing: the budget cannot take it
@@ -130,12 +131,16 @@ def plan_run(cfg: Config, dataset, device: torch.device, ranks: Ranks) -> tuple[
         mine = planner.measure(planner.layout_config(cfg, layout), device, data, stacks,
                                ranks if cfg.parallel == "data" else ALONE)
         rates[layout_name(layout)] = _slowest(distributed.gather(mine, ranks))
-        log.info(f"  {planner.describe_rates({layout_name(layout): rates[layout_name(layout)]})[0]}")
+        say(f"  {planner.describe_rates({layout_name(layout): rates[layout_name(layout)]})[0]}")
     del data
     timing_s, spent = distributed.share((clock() - started, clock()), ranks)
     plan = planner.choose(cfg, layouts, rates, work, spent)
-    log.info(f"plan for BUDGET={cfg.budget}:\n{planner.table(plan, cfg.budget_s, spent)}")
+    say(f"plan for BUDGET={cfg.budget}:\n{planner.table(plan, cfg.budget_s, spent)}")
     return plan.config(cfg), planner.record(plan, cfg, rates, spent, timing_s)
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def _may_afford(base: Config, layouts: list[dict], rates: dict[str, Rates], work: Work, ranks: Ranks) -> bool:

@@ -67,9 +67,9 @@ def why_not_stacked(cfg: Config) -> str | None:
 
 
 def resolve(cfg: Config, device: torch.device) -> int:
-    """nets_per_step as a number: auto stacks on CUDA (up to AUTO_ON_CUDA) and not on the CPU, where a stacked step
-    of five gn_cnn measured 2.3x slower than five single steps (docs/performance.md); a number is the most nets
-    per step. Data-parallel ranks (parallel=data, WORLD_SIZE > 1) each hold a shard of one net: one per step."""
+    """nets_per_step as a number: auto stacks on CUDA (up to AUTO_ON_CUDA) and not on the CPU, where five gn_cnn
+    stacked trained 0.62x the images/s of one alone, in bf16 (docs/performance.md); a number is the most nets
+    per step (a budgeted run decides by timing both, budget.py). Data-parallel ranks (parallel=data, WORLD_SIZE > 1) each hold a shard of one net: one per step."""
     wanted = cfg.nets_per_step if cfg.nets_per_step != "auto" else (AUTO_ON_CUDA if device.type == "cuda" else 1)
     if wanted > 1 and cfg.world_size > 1:
         log.info(f"nets_per_step={cfg.nets_per_step}: data-parallel ranks train one net per step")
