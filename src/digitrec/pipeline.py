@@ -230,11 +230,14 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
             else:
                 log.info(f"{one.label}: trained on all {len(labels)} rows in {seconds:.0f}s")
     planned = cfg
-    if pace is not None:  # the plan as done: what was shed for time is not waited for, and not in the run
-        cfg = budget.kept(cfg, pace.shed())
-        units = units_to_train(cfg)
+
+    def kept_units() -> list[Unit]:  # the plan as done: what was shed for time is not waited for, nor in the run
+        return units_to_train(budget.kept(planned, pace.shed()))
+
     if by_folds:  # every rank waits for the others' nets, so the final barrier waits only for finish()
-        _wait_for(units, run_dir, announce=ranks.is_main)
+        _wait_for(units, run_dir, announce=ranks.is_main, wanted=kept_units if pace is not None else None)
+    if pace is not None:
+        cfg = budget.kept(planned, pace.shed())
     if not ranks.is_main:
         return RunResult(run_dir, None, {})
     if pace is None:
@@ -277,15 +280,17 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _wait_for(units: list[Unit], run_dir: Path, announce: bool, poll_s: float = 2.0) -> None:
-    """A rank of a fold-parallel run, its own nets done, waits for the other ranks' nets. A rank that
-    dies makes torchrun stop this one too, so the wait cannot outlive the job."""
+def _wait_for(units: list[Unit], run_dir: Path, announce: bool, poll_s: float = 2.0, wanted=None) -> None:
+    """A rank of a fold-parallel run, its own nets done, waits for the other ranks' nets (those `wanted()` still
+    lists: another rank of a budgeted run may shed a member meanwhile). A rank that dies makes torchrun stop this
+    one too, so the wait cannot outlive the job."""
     waiting = [u for u in units if not u.is_done(run_dir)]
     if waiting and announce:
         log.info(f"waiting for {len(waiting)} net(s) of the other ranks")
     while waiting:
         time.sleep(poll_s)
-        waiting = [u for u in waiting if not u.is_done(run_dir)]
+        still = set(wanted()) if wanted is not None else None
+        waiting = [u for u in waiting if not u.is_done(run_dir) and (still is None or u in still)]
 
 
 @dataclass
