@@ -100,13 +100,15 @@ def _student_selection(student: Unit, units: list[Unit], split: Split, run_dir: 
     return pseudo.load(path)[0]
 
 
-def _save_unit(unit_dir: Path, history: list[dict], epochs_before: int, sitting_s: float) -> float:
+def _save_unit(unit_dir: Path, history: list[dict], sitting_s: float) -> float:
     """A trained net's history, then done.json (the net is finished: its weights and predictions are
     written by then), and its resume point is no longer needed. done.json describes the whole net, over every
     sitting a kill split it into: its seconds (every epoch's, from the history, plus what this last sitting spent
     beyond its epochs: set-up and prediction; a stacked net's share of its group's), and how each epoch was
     trained (nets_per_step: the nets in its step, one per epoch). Returns the seconds."""
     epoch_s = [record.get("seconds", 0.0) for record in history]
+    # the last sitting began at its history's last "resumed" epoch (engine.sitting_record), else at the first
+    epochs_before = max((i for i, record in enumerate(history) if record.get("resumed")), default=0)
     seconds = sum(epoch_s) + max(0.0, sitting_s - sum(epoch_s[epochs_before:]))
     fileio.write_json(unit_dir / "history.json", history)
     fileio.write_json(unit_dir / "done.json", {
@@ -211,7 +213,6 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
             log.info(f"{', '.join(one.label for _, one in group)}: shed for time, not trained")
             continue
         started = time.perf_counter()
-        epochs_before = [engine.resume_epoch(one.unit_dir) for _, one in group]
         if len(group) == 1:  # one net per step: engine.train_net, also for data-parallel ranks
             one = group[0][1]
             outs = [engine.train_net(one.cfg, one.make_data(), one.seed, one.label, one.unit_dir, device,
@@ -223,8 +224,8 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
         if not (by_folds or ranks.is_main):
             continue  # a data-parallel net's files are rank 0's to write
         sitting = (time.perf_counter() - started) / len(group)  # a stacked net's share of its group's time
-        for (unit, one), out, before in zip(group, outs, epochs_before):
-            seconds = _save_unit(one.unit_dir, out.history, before, sitting)
+        for (unit, one), out in zip(group, outs):
+            seconds = _save_unit(one.unit_dir, out.history, sitting)
             if unit.fold is not None:
                 log.info(f"{one.label}: val accuracy {accuracy(out.val_probs, labels[unit.held_out(split)]):.4%} in {seconds:.0f}s")
             else:
