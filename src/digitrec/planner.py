@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -51,7 +52,10 @@ PLAN_FILL = 0.92
 NET_OVERHEAD_S = 1.0
 EPOCH_OVERHEAD_S = 0.05
 FINISH_S = 3.0
-TIMED_S = 0.5  # each rate is timed over calls that take at least this long together
+# Each rate is the median of TIMED_RUNS runs of calls lasting TIMED_S or more: on a 2-core VM one such run scattered
+# by +-25% (1,330-2,550 img/s for the same steps), the median of five by about a third of that
+TIMED_S = 0.5
+TIMED_RUNS = 5
 MAX_TIMED_CALLS = 256
 PREDICT_ROWS = 512
 
@@ -101,11 +105,11 @@ def stack_candidates(base: Config, device: torch.device, folds: int) -> tuple[in
 
 def _seconds_per_call(call: Callable[[], object], device: torch.device, ranks: Ranks = ALONE) -> float:
     """Seconds one call takes: after an untimed one (it builds the kernels' caches), calls in runs of 1, 2, 4, ...
-    until a run lasts TIMED_S (a few steps of a slow layout, many of a fast one: the same precision for both). Rank
-    0 says when to stop, so data-parallel ranks, whose steps wait for each other, take the same steps."""
-    call()
-    calls = 1
-    while True:
+    until a run lasts TIMED_S (a few steps of a slow layout, many of a fast one: the same precision for both), then
+    the median of TIMED_RUNS runs that long. Rank 0 says when to stop, so data-parallel ranks, whose steps wait for
+    each other, take the same steps."""
+
+    def run(calls: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
@@ -113,10 +117,17 @@ def _seconds_per_call(call: Callable[[], object], device: torch.device, ranks: R
             call()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - started
+        return time.perf_counter() - started
+
+    call()
+    calls = 1
+    while True:
+        seconds = run(calls)
         if distributed.share(seconds >= TIMED_S or calls >= MAX_TIMED_CALLS, ranks):
-            return seconds / calls
+            break
         calls *= 2
+    runs = [seconds, *(run(calls) for _ in range(TIMED_RUNS - 1))]
+    return statistics.median(runs) / calls
 
 
 def step_rate(cfg: Config, device: torch.device, data: engine.FoldData, nets: int, ranks: Ranks = ALONE) -> float:
