@@ -47,6 +47,18 @@ def test_a_fast_gpu_and_a_slow_cpu_get_different_plans_each_within_budget() -> N
     assert _plan(stacking_cpu, "30m").nets_per_step == 2
 
 
+def test_plans_the_evidence_model_cannot_tell_apart_go_to_the_one_that_fills_the_budget() -> None:
+    # rates a 2-core CPU measured: one gn_cnn at the top rung, 40 epochs, fits in 57% of two hours (88.2 errors by
+    # the model); two layouts at fewer epochs fill it for about 2% more
+    measured = {"gn_cnn w32": Rates({1: 1857}, 7573), "gn_m5 w16": Rates({1: 1161}, 4622),
+                "gn_m7 w24": Rates({1: 1153}, 4043), "gn_cnn w48": Rates({1: 1044}, 4528)}
+    top_rung_alone = planner.expected_errors([planner.MAX_EPOCHS], True, False)
+    plan = _plan(measured, "2h", spent_s=66.0)
+    assert _fits(plan, 7200, spent_s=66.0) and plan.estimated_s > 0.85 * 7200
+    assert len(plan.members) == 2 and plan.tta and not plan.refit
+    assert top_rung_alone <= plan.expected_errors <= top_rung_alone * (1 + planner.EVIDENCE_TOLERANCE)
+
+
 def test_every_net_of_the_plan_is_listed_with_its_estimate() -> None:
     plan = _plan(GPU, "2h")
     assert [net["net"] for net in plan.nets[:5]] == [f"fold {k} member 0" for k in range(5)]
