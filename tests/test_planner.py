@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ROOT, train_small_run
 from digitrec import budget, cli, config, engine, fileio, planner
+from digitrec.nets import Unit
 from digitrec.planner import Rates, Work
 from digitrec.submission import read_submission
 
@@ -133,6 +134,54 @@ def test_a_run_that_falls_behind_sheds_its_last_member_whole(demo_dir: Path, tmp
     assert result.metrics["oof"]["rows"] == 120 and "members" not in result.metrics
     assert np.isfinite(np.load(run / "oof_probs.npy")).all()
     read_submission(result.submission, expected_rows=fileio.read_json(run / "data.json")["test_rows"])
+
+
+def test_a_run_a_little_behind_trains_its_last_member_at_fewer_epochs(demo_dir: Path, tmp_path: Path,
+                                                                        fake_time: dict,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # an epoch is estimated at 10 s, a net at 20 s; each net takes 150 s, so after member 0 (300 s) member 1's two
+    # nets at 2 epochs (300 s at that pace) would end 3 s past the 600 s budget, and at 1 epoch end inside it
+    monkeypatch.setattr(planner, "EPOCH_OVERHEAD_S", 10.0)
+    monkeypatch.setattr(planner, "NET_OVERHEAD_S", 0.0)
+    fake_time["per_net"] = 150.0
+    _, result = train_small_run(demo_dir, tmp_path, "shortened", **SMALL)
+    run = result.run_dir
+    assert [m["epochs"] for m in fileio.read_json(run / "plan.json")["members"]] == [2, 2]
+    assert not list(run.glob("shed-*.json"))
+    assert fileio.read_json(run / "epochs-m1.json")["epochs"] == 1 and result.metrics["budget"]["shed"] == {}
+    # every net of member 1 trained its whole, shorter schedule; config.yaml and metrics.json say so
+    for fold in (0, 1):
+        assert fileio.read_json(run / f"fold{fold}" / "m0" / "done.json")["epochs"] == 2
+        assert fileio.read_json(run / f"fold{fold}" / "m1" / "done.json")["epochs"] == 1
+    assert [m["epochs"] for m in config.load(run / "config.yaml").members] == [2, 1]
+    rescheduled = result.metrics["budget"]["rescheduled"]["m1"]
+    assert (rescheduled["planned"], rescheduled["epochs"]) == (2, 1) and "at 7.50x the estimated pace" in rescheduled["why"]
+    assert result.metrics["budget"]["done"]["members"] == 2 and result.metrics["oof"]["rows"] == 120
+    assert "m1 rescheduled at the run's pace: 2 -> 1 epochs" in budget.summary(result.metrics["budget"])
+
+
+def test_a_run_ahead_of_its_pace_gives_its_last_member_more_epochs_once(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # planned: member 0 at 10 epochs, member 1 at 4 (10 s an epoch, 100 and 40 s a net), in a 600 s budget
+    units = [Unit(fold, member) for member in (0, 1) for fold in (0, 1)]
+    nets = {u: {"epochs": (10, 4)[u.member], "estimated_s": (100.0, 40.0)[u.member], "epoch_s": 10.0} for u in units}
+    now = {"s": 0.0}
+    monkeypatch.setattr(budget, "clock", lambda: now["s"])
+    cfg = config.load(None, {"budget": "10m", "members": LADDER})
+    pace = budget.Pace(cfg, tmp_path, nets, [("m0", units[:2]), ("m1", units[2:])])
+    for unit in units[:2]:  # member 0's nets take half their estimate
+        assert pace.admit([unit])
+        now["s"] += 50.0
+        fileio.write_json(unit.dir(tmp_path) / "done.json", {})
+        pace.finished([unit])
+    assert pace.admit([units[2]])
+    # at 0.5x, 4 epochs would end the run at 100 + 40 + 3 s: member 1 takes the first member's 10, no more
+    assert fileio.read_json(tmp_path / "epochs-m1.json")["epochs"] == 10
+    assert [m.get("epochs") for m in pace.kept(cfg).members] == [None, 10]  # member 0 as planned
+    # decided once: another rank at another pace, or a later net, leaves it as it is
+    other = budget.Pace(cfg, tmp_path, nets, [("m0", units[:2]), ("m1", units[2:])])
+    other.spent = {"estimated": 100.0, "actual": 500.0}
+    assert other.admit([units[3]]) and fileio.read_json(tmp_path / "epochs-m1.json")["epochs"] == 10
 
 
 def test_a_run_on_pace_trains_its_whole_plan(demo_dir: Path, tmp_path: Path, fake_time: dict) -> None:

@@ -1,13 +1,15 @@
 """A budgeted run from start to end (`make train BUDGET=30m`): its plan, made from step rates measured here and now
 (planner.py) or resumed from the interrupted run it goes on with; kept to as it trains, by `Pace`, asked before each
-net or group starts whether what is left still fits, which sheds what has not started from the end (the last member
-whole, all its folds) when it does not, so no member enters the ensemble with folds missing and no net is cut short;
-and what it did, against what it planned, for metrics.json and the run's last line.
+net or group starts whether what is left still fits: a member about to start takes the epochs that fill the budget
+at the pace so far (all its folds alike), and what cannot fit even so is shed from the end (the last member whole),
+so no member enters the ensemble with folds missing or unequal and no net is cut short of its schedule; and what it
+did, against what it planned, for metrics.json and the run's last line.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -42,18 +44,22 @@ _IMPORTED = time.monotonic()
 clock: Callable[[], float] = process_seconds  # the run's clock; tests put a faster one in
 
 
-SHED = "shed-{}.json"  # in the run folder: a member ("m2") or the refit ("refit") shed for time
+# in the run folder, so every rank and a resumed run see them: a member ("m2") or the refit ("refit") shed for time;
+# a member ("m1") given other epochs than planned when its first net started, at the pace the run kept until then
+SHED = "shed-{}.json"
+RESCHEDULED = "epochs-{}.json"
 
 
 class Pace:
     """Asked before each net or group starts: does what is left still fit the budget, at the pace the finished nets
-    kept? If not, shed what has not started from the end (the refit, then the last member, all its folds), until it
-    fits or only the first member is left. Shed parts are files in the run folder, so every rank and a resumed run
-    see them."""
+    kept? From the end, a part that has not started and does not fit is shed whole: the refit, or a member that
+    would not fit even at planner.MIN_EPOCHS, so the members kept are always the first ones. Then a member about to
+    start takes, for all its nets, the epochs that end the run at PLAN_FILL of the budget at that pace: fewer where
+    the machine ran slower than timed, more (up to the first member's) where it ran faster."""
 
-    def __init__(self, cfg: Config, run_dir: Path, estimates: dict, blocks: list[tuple[str, list]], ranks: int = 1):
+    def __init__(self, cfg: Config, run_dir: Path, nets: dict, blocks: list[tuple[str, list]], ranks: int = 1):
         self.budget_s, self.run_dir, self.ranks = cfg.budget_s, run_dir, ranks  # ranks that share the nets left
-        self.estimates = estimates  # unit -> estimated seconds
+        self.nets = nets  # unit -> its plan: epochs, estimated_s, epoch_s (what an epoch more or less costs)
         self.blocks = blocks  # (name, units) in training order: "m0", "m1", ..., "refit"
         self.spent = {"estimated": 0.0, "actual": 0.0}
         self.started = 0.0  # when the nets admitted last started, on the run's clock
@@ -61,42 +67,84 @@ class Pace:
     def shed(self) -> set[str]:
         return {name for name, _ in self.blocks if (self.run_dir / SHED.format(name)).is_file()}
 
+    def rescheduled(self) -> dict[int, int]:
+        """member -> the epochs its nets train, for the members rescheduled (by any rank, before a kill)."""
+        return {int(name[1:]): fileio.read_json(self.run_dir / RESCHEDULED.format(name))["epochs"]
+                for name, _ in self.blocks if (self.run_dir / RESCHEDULED.format(name)).is_file()}
+
+    def kept(self, planned: Config) -> Config:
+        """The planned config as trained: the members before the first shed one, at the epochs they were
+        rescheduled to, and the refit unless shed."""
+        shed, epochs = self.shed(), self.rescheduled()
+        first_shed = min((int(name[1:]) for name in shed if name != "refit"), default=len(planned.members or [None]))
+        members = [{**m, "epochs": epochs[j]} if j in epochs else m
+                   for j, m in enumerate(planned.members[:first_shed])] if planned.members else None
+        return dataclasses.replace(planned, members=members, refit=planned.refit and "refit" not in shed)
+
+    def _estimated_s(self, unit, epochs: dict[int, int]) -> float:
+        net = self.nets[unit]
+        return net["estimated_s"] + (epochs.get(unit.member, net["epochs"]) - net["epochs"]) * net["epoch_s"]
+
+    def _left_s(self, shed: set[str], epochs: dict[int, int], pace: float) -> float:
+        """What the nets not trained yet, less the shed ones, take at this pace on the ranks that share them."""
+        return pace * sum(self._estimated_s(u, epochs) for name, units in self.blocks if name not in shed
+                          for u in units if not u.is_done(self.run_dir)) / self.ranks
+
     def _started(self, units: list) -> bool:
         return any(u.is_done(self.run_dir) or (u.dir(self.run_dir) / "resume.pt").is_file() for u in units)
 
     def admit(self, units: list) -> bool:
-        """Whether these nets (about to start) are still in the plan; sheds from the end first if it must. Blocks
-        are shed strictly from the end, so the members kept are always the first ones."""
-        shed = self.shed()
+        """Whether these nets (about to start) are still in the plan, and at which epochs (`kept`)."""
+        shed, epochs = self.shed(), self.rescheduled()
         pace = self.spent["actual"] / self.spent["estimated"] if self.spent["estimated"] else 1.0
         for name, members in reversed(self.blocks):
             if name in shed:
                 continue
             now = clock()
-            left = pace * sum(self.estimates[u] for n, us in self.blocks if n not in shed for u in us
-                              if not u.is_done(self.run_dir)) / self.ranks
+            left = self._left_s(shed, epochs, pace)
             if now + left + FINISH_S <= self.budget_s or name == self.blocks[0][0] or self._started(members):
                 break  # it fits; or the first member, or one with nets trained, which stays whole
+            fewest = {**epochs, int(name[1:]): planner.MIN_EPOCHS} if name != "refit" else epochs
+            if now + self._left_s(shed, fewest, pace) + FINISH_S <= self.budget_s:
+                break  # a member that fits at fewer epochs: its first net sets them, below
             why = (f"{minutes(now)} spent and {minutes(left)} left at {pace:.2f}x the estimated pace: past the "
                    f"budget's {minutes(self.budget_s)}")
             fileio.write_json(self.run_dir / SHED.format(name), {"at_s": now, "left_s": left, "pace": pace, "why": why})
             log.info(f"budget: shedding {'the refit' if name == 'refit' else 'member ' + name[1:]} "
                      f"({len(members)} net(s)): {why}")
             shed.add(name)
+        member = units[0].member
+        starts = dict(self.blocks).get(f"m{member}", [])
+        if member and f"m{member}" not in shed and member not in epochs and units[0] in starts \
+                and not self._started(starts):
+            self._reschedule(member, shed, epochs, pace)
         self.started = clock()
         return not any(units[0] in members for name, members in self.blocks if name in shed)
 
+    def _reschedule(self, member: int, shed: set[str], epochs: dict[int, int], pace: float) -> None:
+        """The epochs for every net of this member (none started) that end the run nearest PLAN_FILL of the budget
+        at this pace, between planner.MIN_EPOCHS and the first member's; written once, so of ranks deciding at the
+        same time the first one's stands."""
+        nets = [u for u in self.nets if u.member == member and not u.is_done(self.run_dir)]
+        planned = self.nets[nets[0]]["epochs"]
+        per_epoch = pace * sum(self.nets[u]["epoch_s"] for u in nets) / self.ranks
+        end = clock() + self._left_s(shed, epochs, pace) + FINISH_S
+        if per_epoch <= 0:
+            return
+        most = max(self.nets[u]["epochs"] for u in self.nets if u.member == 0)
+        chosen = min(most, max(planner.MIN_EPOCHS, planned - math.ceil((end - self.budget_s * PLAN_FILL) / per_epoch)))
+        if chosen == planned:
+            return
+        why = (f"at {pace:.2f}x the estimated pace {planned} epochs would end the run at {end / self.budget_s:.0%} of "
+               f"the budget's {minutes(self.budget_s)}")
+        if fileio.write_json(self.run_dir / RESCHEDULED.format(f"m{member}"),
+                             {"epochs": chosen, "planned": planned, "pace": pace, "why": why}, replace=False):
+            log.info(f"budget: member {member} trains {chosen} epochs, not {planned} ({len(nets)} net(s)): {why}")
+
     def finished(self, units: list) -> None:
         """The nets admitted last have trained: the pace so far is how long they took against their estimate."""
-        self.spent["estimated"] += sum(self.estimates[u] for u in units)
+        self.spent["estimated"] += sum(self._estimated_s(u, self.rescheduled()) for u in units)
         self.spent["actual"] += clock() - self.started
-
-
-def kept(cfg: Config, shed: set[str]) -> Config:
-    """The planned config less what was shed: the members before the first shed one, the refit unless shed."""
-    first_shed = min((int(name[1:]) for name in shed if name != "refit"), default=len(cfg.members or [None]))
-    members = cfg.members[:first_shed] if cfg.members else None
-    return dataclasses.replace(cfg, members=members, refit=cfg.refit and "refit" not in shed)
 
 
 def _slowest(per_rank: list[Rates]) -> Rates:
@@ -160,31 +208,37 @@ def _may_afford(base: Config, layouts: list[dict], rates: dict[str, Rates], work
 
 def pace_for(cfg: Config, run_dir: Path, units: list, ranks: int = 1) -> Pace:
     """The Pace of a budgeted run's nets, from the estimates in its plan.json; `ranks` processes share them."""
-    nets = fileio.read_json(run_dir / PLAN_FILE)["nets"]
-    estimated = {(net["fold"], net["member"]): net["estimated_s"] for net in nets}
+    planned = {(net["fold"], net["member"]): net for net in fileio.read_json(run_dir / PLAN_FILE)["nets"]}
+    unplanned = {"epochs": 0, "estimated_s": 0.0, "epoch_s": 0.0}  # a pseudo-labelled student: not in the plan
     members = len(config_mod.member_configs(cfg))
     blocks = [(f"m{j}", [u for u in units if u.member == j and u.fold is not None]) for j in range(members)]
     blocks += [("refit", [u for u in units if u.fold is None])] if cfg.refit else []
-    return Pace(cfg, run_dir, {u: estimated.get((u.fold, u.member), 0.0) for u in units}, blocks, ranks)
+    return Pace(cfg, run_dir, {u: {**unplanned, **planned.get((u.fold, u.member), {})} for u in units}, blocks, ranks)
 
 
 def outcome(planned: Config, done: Config, run_dir: Path) -> dict:
-    """metrics.json's budget entry: what was planned, what was trained, what was shed and why, and the wall time of
-    this process so far (the whole `make train` when it was not resumed)."""
+    """metrics.json's budget entry: what was planned, what was trained, what was shed or rescheduled and why, and the
+    wall time of this process so far (the whole `make train` when it was not resumed)."""
     plan = fileio.read_json(run_dir / PLAN_FILE)
+    blocks = [f"m{j}" for j in range(len(planned.members or [None]))] + ["refit"]
     shed = {name: fileio.read_json(run_dir / SHED.format(name))["why"]
-            for name in [f"m{j}" for j in range(len(planned.members or [None]))] + ["refit"]
-            if (run_dir / SHED.format(name)).is_file()}
+            for name in blocks if (run_dir / SHED.format(name)).is_file()}
+    rescheduled = {name: fileio.read_json(run_dir / RESCHEDULED.format(name))
+                   for name in blocks if (run_dir / RESCHEDULED.format(name)).is_file()}
     wall = clock()
     return {"budget": planned.budget, "budget_s": planned.budget_s, "wall_s": wall,
             "wall_fraction_of_budget": wall / planned.budget_s, "estimated_s": plan["estimated_s"],
             "planned": {"members": len(planned.members or [None]), "refit": planned.refit, "nets": len(plan["nets"])},
-            "done": {"members": len(done.members or [None]), "refit": done.refit}, "shed": shed}
+            "done": {"members": len(done.members or [None]), "refit": done.refit}, "shed": shed,
+            "rescheduled": {name: {k: entry[k] for k in ("planned", "epochs", "why")}
+                            for name, entry in rescheduled.items()}}
 
 
 def summary(budget: dict) -> str:
     """The final line of a budgeted run."""
     shed = f"; shed for time: {', '.join(budget['shed'])}" if budget["shed"] else ""
+    shed += "".join(f"; {name} rescheduled at the run's pace: {entry['planned']} -> {entry['epochs']} epochs"
+                    for name, entry in budget["rescheduled"].items())
     return (f"budget {budget['budget']}: planned {budget['planned']['members']} member(s)"
             f"{' + refit' if budget['planned']['refit'] else ''}, trained {budget['done']['members']}"
             f"{' + refit' if budget['done']['refit'] else ''}{shed}; {minutes(budget['wall_s'])} of "

@@ -25,7 +25,9 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def write_bytes(path: str | os.PathLike, data: bytes, replace: bool = True) -> Path | None:
+    """The file, whole; with replace=False only where there is none yet (None where there was): of processes that
+    decide at once, the first one's decision stands."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -35,7 +37,14 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails where the file is there: an atomic "create if absent"
+            Path(tmp).unlink()
+    except FileExistsError:
+        Path(tmp).unlink(missing_ok=True)
+        return None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -61,8 +70,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, replace: bool = True) -> Path | None:
+    return write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"), replace)
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:

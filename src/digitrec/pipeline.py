@@ -209,9 +209,12 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
                            soft, make_data)
 
     for group in _groups(mine, job, cfg.nets_per_step, run_dir, ranks, by_folds, len(members)):
-        if pace is not None and not _admitted(pace, [unit for unit, _ in group], ranks, by_folds):
-            log.info(f"{', '.join(one.label for _, one in group)}: shed for time, not trained")
-            continue
+        if pace is not None:
+            if not _admitted(pace, [unit for unit, _ in group], ranks, by_folds):
+                log.info(f"{', '.join(one.label for _, one in group)}: shed for time, not trained")
+                continue
+            as_kept = config_mod.member_configs(pace.kept(cfg))  # a member shortened for time: its epochs now
+            group = [(unit, dataclasses.replace(one, cfg=unit.config(as_kept, cfg))) for unit, one in group]
         started = time.perf_counter()
         if len(group) == 1:  # one net per step: engine.train_net, also for data-parallel ranks
             one = group[0][1]
@@ -233,12 +236,12 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
     planned = cfg
 
     def kept_units() -> list[Unit]:  # the plan as done: what was shed for time is not waited for, nor in the run
-        return units_to_train(budget.kept(planned, pace.shed()))
+        return units_to_train(pace.kept(planned))
 
     if by_folds:  # every rank waits for the others' nets, so the final barrier waits only for finish()
         _wait_for(units, run_dir, announce=ranks.is_main, wanted=kept_units if pace is not None else None)
     if pace is not None:
-        cfg = budget.kept(planned, pace.shed())
+        cfg = pace.kept(planned)
     if not ranks.is_main:
         return RunResult(run_dir, None, {})
     if pace is None:

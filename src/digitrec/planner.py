@@ -263,13 +263,15 @@ def _costs(layouts: list[dict], tta: bool, nets_per_step: int, rates: dict[str, 
 def estimate(layouts: list[dict], epochs: list[int], tta: bool, refit: bool, nets_per_step: int,
              rates: dict[str, Rates], work: Work) -> list[dict]:
     """Every net of a plan, in the order a budgeted run trains them (member after member, all folds of each, then
-    the refit), with its estimated seconds."""
+    the refit), with its estimated seconds and their share an epoch (what a shorter schedule saves: budget.Pace)."""
     fold, refit_cost = _costs(layouts, tta, nets_per_step, rates, work)
     nets = [{"net": f"fold {k} member {j}", "fold": k, "member": j, "layout": layout_name(x), "epochs": epochs[j],
-             "estimated_s": fold[j].seconds(epochs[j])} for j, x in enumerate(layouts) for k in work.folds_trained]
+             "estimated_s": fold[j].seconds(epochs[j]), "epoch_s": fold[j].per_epoch}
+            for j, x in enumerate(layouts) for k in work.folds_trained]
     if refit:
         nets += [{"net": f"refit member {j}", "fold": None, "member": j, "layout": layout_name(x), "epochs": epochs[j],
-                  "estimated_s": refit_cost[j].seconds(epochs[j])} for j, x in enumerate(layouts)]
+                  "estimated_s": refit_cost[j].seconds(epochs[j]), "epoch_s": refit_cost[j].per_epoch}
+                 for j, x in enumerate(layouts)]
     return nets
 
 
