@@ -118,3 +118,10 @@ def test_the_architecture_page_names_every_write_that_bypasses_fileio() -> None:
     words = ["One", "Two", "Three", "Four", "Five", "Six"]
     assert f"{words[len(ALLOWED) - 1]} writes bypass it" in rule
     assert all(f"`{module}`" in rule for module, _ in ALLOWED), rule
+
+
+def test_a_write_that_must_not_replace_keeps_the_first_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "decision.json"
+    assert fileio.write_json(path, {"epochs": 10}, replace=False) == path
+    assert fileio.write_json(path, {"epochs": 3}, replace=False) is None  # another process decided first
+    assert fileio.read_json(path) == {"epochs": 10} and [p.name for p in path.parent.iterdir()] == ["decision.json"]

@@ -285,7 +285,8 @@ def lowest_rung_s(layouts: list[dict], rates: dict[str, Rates], work: Work) -> f
 
 def choose(base: Config, layouts: list[dict], rates: dict[str, Rates], work: Work, spent_s: float) -> Plan:
     """Among the plans that fit PLAN_FILL of the budget left after `spent_s` (data, timing) and whose expected test
-    errors are within EVIDENCE_TOLERANCE of the fewest, the one that spends the most. Members come from `layouts` in
+    errors are within EVIDENCE_TOLERANCE of the fewest, the one that spends the most (of those that spend the same
+    to a percent of the budget, the one with the fewest). Members come from `layouts` in
     order (those timed: rates), every one but the last at the same epochs and the last at as many or fewer, so a budget is filled a member at a time.
     A budget too small for the lowest rung (the first layout, MIN_EPOCHS, one net per fold) is one line naming the
     smallest that fits."""
@@ -324,8 +325,10 @@ def choose(base: Config, layouts: list[dict], rates: dict[str, Rates], work: Wor
         if key not in fastest or c[1] < fastest[key][1]:
             fastest[key] = c
     fewest = min(c[0] for c in fastest.values())
+    percent = 0.01 * base.budget_s * work.ranks  # plans that spend the same to a percent: the fewer errors
     errors, seconds_total, chosen, epochs, tta, refit, nets_per_step = max(
-        (c for c in fastest.values() if c[0] <= fewest * (1 + EVIDENCE_TOLERANCE)), key=lambda c: (c[1], -c[0]))
+        (c for c in fastest.values() if c[0] <= fewest * (1 + EVIDENCE_TOLERANCE)),
+        key=lambda c: (int(c[1] / percent), -c[0]))
     return Plan([{**x, "epochs": e} for x, e in zip(chosen, epochs)], tta, refit, nets_per_step,
                 estimate(chosen, epochs, tta, refit, nets_per_step, rates, work), seconds_total / work.ranks, errors)
 
