@@ -155,7 +155,8 @@ def test_a_run_a_little_behind_trains_its_last_member_at_fewer_epochs(demo_dir: 
         assert fileio.read_json(run / f"fold{fold}" / "m1" / "done.json")["epochs"] == 1
     assert [m["epochs"] for m in config.load(run / "config.yaml").members] == [2, 1]
     rescheduled = result.metrics["budget"]["rescheduled"]["m1"]
-    assert (rescheduled["planned"], rescheduled["epochs"]) == (2, 1) and "at 7.50x the estimated pace" in rescheduled["why"]
+    assert (rescheduled["planned"], rescheduled["epochs"]) == (2, 1)
+    assert "at 7.50x the estimated pace" in rescheduled["why"]
     assert result.metrics["budget"]["done"]["members"] == 2 and result.metrics["oof"]["rows"] == 120
     assert "m1 rescheduled at the run's pace: 2 -> 1 epochs" in budget.summary(result.metrics["budget"])
 

@@ -128,9 +128,9 @@ class Pace:
         nets = [u for u in self.nets if u.member == member and not u.is_done(self.run_dir)]
         planned = self.nets[nets[0]]["epochs"]
         per_epoch = pace * sum(self.nets[u]["epoch_s"] for u in nets) / self.ranks
-        end = clock() + self._left_s(shed, epochs, pace) + FINISH_S
         if per_epoch <= 0:
             return
+        end = clock() + self._left_s(shed, epochs, pace) + FINISH_S
         most = max(self.nets[u]["epochs"] for u in self.nets if u.member == 0)
         chosen = min(most, max(planner.MIN_EPOCHS, planned - math.ceil((end - self.budget_s * PLAN_FILL) / per_epoch)))
         if chosen == planned:
@@ -236,10 +236,10 @@ def outcome(planned: Config, done: Config, run_dir: Path) -> dict:
 
 def summary(budget: dict) -> str:
     """The final line of a budgeted run."""
-    shed = f"; shed for time: {', '.join(budget['shed'])}" if budget["shed"] else ""
-    shed += "".join(f"; {name} rescheduled at the run's pace: {entry['planned']} -> {entry['epochs']} epochs"
-                    for name, entry in budget["rescheduled"].items())
+    changes = f"; shed for time: {', '.join(budget['shed'])}" if budget["shed"] else ""
+    changes += "".join(f"; {name} rescheduled at the run's pace: {entry['planned']} -> {entry['epochs']} epochs"
+                       for name, entry in budget["rescheduled"].items())
     return (f"budget {budget['budget']}: planned {budget['planned']['members']} member(s)"
             f"{' + refit' if budget['planned']['refit'] else ''}, trained {budget['done']['members']}"
-            f"{' + refit' if budget['done']['refit'] else ''}{shed}; {minutes(budget['wall_s'])} of "
+            f"{' + refit' if budget['done']['refit'] else ''}{changes}; {minutes(budget['wall_s'])} of "
             f"{minutes(budget['budget_s'])} ({budget['wall_fraction_of_budget']:.0%})")

@@ -213,7 +213,7 @@ def _train_nets(cfg: Config, device: torch.device, ranks: distributed.Ranks, dat
             if not _admitted(pace, [unit for unit, _ in group], ranks, by_folds):
                 log.info(f"{', '.join(one.label for _, one in group)}: shed for time, not trained")
                 continue
-            as_kept = config_mod.member_configs(pace.kept(cfg))  # a member shortened for time: its epochs now
+            as_kept = config_mod.member_configs(pace.kept(cfg))  # a member rescheduled at the run's pace: its epochs
             group = [(unit, dataclasses.replace(one, cfg=unit.config(as_kept, cfg))) for unit, one in group]
         started = time.perf_counter()
         if len(group) == 1:  # one net per step: engine.train_net, also for data-parallel ranks

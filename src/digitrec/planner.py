@@ -286,10 +286,10 @@ def lowest_rung_s(layouts: list[dict], rates: dict[str, Rates], work: Work) -> f
 def choose(base: Config, layouts: list[dict], rates: dict[str, Rates], work: Work, spent_s: float) -> Plan:
     """Among the plans that fit PLAN_FILL of the budget left after `spent_s` (data, timing) and whose expected test
     errors are within EVIDENCE_TOLERANCE of the fewest, the one that spends the most (of those that spend the same
-    to a percent of the budget, the one with the fewest). Members come from `layouts` in
-    order (those timed: rates), every one but the last at the same epochs and the last at as many or fewer, so a budget is filled a member at a time.
-    A budget too small for the lowest rung (the first layout, MIN_EPOCHS, one net per fold) is one line naming the
-    smallest that fits."""
+    to a percent of the budget, the one with the fewest). Members come from `layouts` in order (those timed: rates),
+    every one but the last at the same epochs and the last at as many or fewer, so a budget is filled a member at a
+    time. A budget too small for the lowest rung (the first layout, MIN_EPOCHS, one net per fold) is one line naming
+    the smallest that fits."""
     available = (base.budget_s * PLAN_FILL - spent_s - FINISH_S) * work.ranks
     folds = len(work.folds_trained)
     candidates = []
