@@ -13,7 +13,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -48,8 +48,9 @@ TTA_FACTOR = 165 / 183
 # The evidence model is no finer than this: its terms come from a few runs, and seeds of one plan scatter far more
 # (92-106 test errors). Among the plans within it of the fewest expected errors, the one that spends the most of the
 # budget is taken, since compute is what the evidence says buys score. Without it the model's jumps left budgets
-# unspent: on a 2-core CPU one gn_cnn at the top rung (40 epochs, 88.2 errors) filled 57% of 2 h, where gn_cnn x 30 +
-# gn_m5 x 20 (90.0) fills 91%; at 4 h two members at 40 filled 73%, three at 33-25 (83.3 against 82.0) fill 91%.
+# unspent: from one timing of a 2-core CPU, one gn_cnn at the top rung (40 epochs, 88.2 errors) filled 57% of 2 h,
+# where gn_cnn x 28 + gn_m5 x 21 (90.0) fill 91%; at 4 h two members at 40 (82.0) filled 74%, three at 31-28 (83.2)
+# fill 92%.
 EVIDENCE_TOLERANCE = 0.03
 # A plan fills this share of what is left of the budget: the rates come from a few steps, a run's epochs scatter by a
 # few percent, and the run should end inside its budget, not past it
@@ -283,6 +284,18 @@ def lowest_rung_s(layouts: list[dict], rates: dict[str, Rates], work: Work) -> f
     return sum(net["estimated_s"] for net in nets)
 
 
+class Candidate(NamedTuple):
+    """A plan `choose` weighs: its expected test errors and its seconds over all ranks, then what it trains."""
+
+    errors: float
+    seconds: float
+    layouts: list[dict]
+    epochs: list[int]
+    tta: bool
+    refit: bool
+    nets_per_step: int
+
+
 def choose(base: Config, layouts: list[dict], rates: dict[str, Rates], work: Work, spent_s: float) -> Plan:
     """Among the plans that fit PLAN_FILL of the budget left after `spent_s` (data, timing) and whose expected test
     errors are within EVIDENCE_TOLERANCE of the fewest, the one that spends the most (of those that spend the same
@@ -292,7 +305,7 @@ def choose(base: Config, layouts: list[dict], rates: dict[str, Rates], work: Wor
     the smallest that fits."""
     available = (base.budget_s * PLAN_FILL - spent_s - FINISH_S) * work.ranks
     folds = len(work.folds_trained)
-    candidates = []
+    candidates: list[Candidate] = []
     for members in range(1, len(layouts) + 1):
         chosen = layouts[:members]
         # nets per step that every chosen layout measured; more than one only where it measured faster
@@ -312,25 +325,26 @@ def choose(base: Config, layouts: list[dict], rates: dict[str, Rates], work: Wor
                         if last is None or head + seconds(members - 1, last) > available:
                             continue
                         epochs = [full] * (members - 1) + [last]
-                        candidates.append((expected_errors(epochs, tta, refit), head + seconds(members - 1, last),
-                                           chosen, epochs, tta, refit, nets_per_step))
+                        candidates.append(Candidate(expected_errors(epochs, tta, refit),
+                                                    head + seconds(members - 1, last), chosen, epochs, tta, refit,
+                                                    nets_per_step))
     if not candidates:
         need = (spent_s + FINISH_S + lowest_rung_s(layouts[:1], rates, work) / work.ranks) / PLAN_FILL
         raise UserError(f"BUDGET={base.budget} is too small here: one {layout_name(layouts[0])} net per fold at "
                         f"{MIN_EPOCHS} epochs needs BUDGET={_round_up(need)} or more on this machine")
     # one plan at several nets per step: only its fastest (stacking where it measured faster) is a candidate
-    fastest: dict[tuple, tuple] = {}
+    fastest: dict[tuple, Candidate] = {}
     for c in candidates:
-        key = (tuple(c[3]), c[4], c[5])
-        if key not in fastest or c[1] < fastest[key][1]:
+        key = (tuple(c.epochs), c.tta, c.refit)
+        if key not in fastest or c.seconds < fastest[key].seconds:
             fastest[key] = c
-    fewest = min(c[0] for c in fastest.values())
+    fewest = min(c.errors for c in fastest.values())
     percent = 0.01 * base.budget_s * work.ranks  # plans that spend the same to a percent: the fewer errors
-    errors, seconds_total, chosen, epochs, tta, refit, nets_per_step = max(
-        (c for c in fastest.values() if c[0] <= fewest * (1 + EVIDENCE_TOLERANCE)),
-        key=lambda c: (int(c[1] / percent), -c[0]))
-    return Plan([{**x, "epochs": e} for x, e in zip(chosen, epochs)], tta, refit, nets_per_step,
-                estimate(chosen, epochs, tta, refit, nets_per_step, rates, work), seconds_total / work.ranks, errors)
+    best = max((c for c in fastest.values() if c.errors <= fewest * (1 + EVIDENCE_TOLERANCE)),
+               key=lambda c: (int(c.seconds / percent), -c.errors))
+    return Plan([{**x, "epochs": e} for x, e in zip(best.layouts, best.epochs)], best.tta, best.refit,
+                best.nets_per_step, estimate(best.layouts, best.epochs, best.tta, best.refit, best.nets_per_step,
+                                             rates, work), best.seconds / work.ranks, best.errors)
 
 
 def _round_up(seconds: float) -> str:
